@@ -1,0 +1,3 @@
+import sys
+from edge.cli import main
+sys.exit(main())
