@@ -1,0 +1,3 @@
+import sys
+from training.cli import main
+sys.exit(main())

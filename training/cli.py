@@ -1,0 +1,113 @@
+"""retina-train: split, teacher, distil, evaluate, export. A thin CLI over training.recipe."""
+import sys
+
+from edge.cliutil import Parser
+
+EXAMPLES = """examples:
+  retina-train split   --data ../shared/data/fundus4 --out runs/split.csv
+  retina-train teacher --data runs/split.csv --model tf_efficientnet_lite2 --out runs/teacher
+  retina-train teacher --data runs/split.csv --model vit_small_patch16_224 --weights hub --out runs/vit
+  retina-train distil  --data runs/split.csv --teacher runs/teacher --model tf_efficientnet_lite0 --out runs/student
+  retina-train evaluate --checkpoint runs/student --split test
+  retina-train export  --checkpoint runs/student --out models/default
+"""
+
+
+def _train_options(p, model, epochs, lr):
+    p.add_argument("--data", required=True, help="class-folder root, or a CSV with path,label[,group][,split]")
+    p.add_argument("--model", default=model, help="any timm classifier name (default %(default)s)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (offline package, else hub), hub, none, or a checkpoint path")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    p.add_argument("--cache-dir", default=".cache/prepared", help="where prepared images are cached ('' for none)")
+
+
+def build_parser():
+    parser = Parser(prog="retina-train", description="Train, distil, evaluate and export retinal screening models.",
+                    epilog=EXAMPLES)
+    sub = parser.add_subparsers(dest="verb")
+
+    def verb(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
+                           formatter_class=parser.formatter_class)
+        p.set_defaults(_parser=p, verb=name)
+        return p
+
+    p = verb("split", "write a group-wise stratified split as a CSV manifest")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--test", type=float, default=0.2)
+    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = verb("teacher", "train a teacher (or any network) with cross-entropy")
+    _train_options(p, "tf_efficientnet_lite2", epochs=6, lr=5e-4)
+
+    p = verb("distil", "distil a student from a trained teacher: a*CE + (1-a)*T^2*KL")
+    _train_options(p, "tf_efficientnet_lite0", epochs=10, lr=1e-3)
+    p.add_argument("--teacher", required=True, help="teacher run folder")
+    p.add_argument("--alpha", type=float, default=0.3, help="weight of the cross-entropy term")
+    p.add_argument("--temperature", type=float, default=4.0)
+
+    p = verb("evaluate", "evaluate a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
+    p.add_argument("--data", default=None, help="data or split CSV (default: the run's split.csv)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--cache-dir", default=".cache/prepared")
+
+    p = verb("export", "export ONNX (opset 13), check parity with ONNX Runtime, write a model bundle")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--name", default=None)
+    p.add_argument("--opset", type=int, default=13)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta logit| allowed (fp32)")
+    p.add_argument("--parity-images", default=None,
+                   help="folder of images for the parity check (default: the run's test split)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print("retina-train {}: error: {}".format(args.verb, exc), file=sys.stderr)
+        return 1
+
+
+def run(args):
+    from training import recipe
+    if args.verb == "split":
+        from training import data as datalib, splits
+        if args.test + args.val >= 1:
+            raise ValueError("--test + --val must be below 1")
+        fractions = {"train": 1 - args.test - args.val, "val": args.val, "test": args.test}
+        samples = splits.grouped_split(datalib.load_samples(args.data), fractions, seed=args.seed)
+        datalib.write_manifest(samples, args.out)
+        for name, counts in sorted(splits.summarize(samples).items()):
+            print("{:<5} {:5d} images  {}".format(name, sum(counts.values()), dict(sorted(counts.items()))))
+        print("wrote {} (no group on two sides: checked)".format(args.out))
+    elif args.verb in ("teacher", "distil"):
+        recipe.train(args, teacher_dir=getattr(args, "teacher", None))
+    elif args.verb == "evaluate":
+        recipe.evaluate(args)
+    elif args.verb == "export":
+        from training import export
+        export.export_bundle(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

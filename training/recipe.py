@@ -1,0 +1,209 @@
+"""The workstation recipe as library functions: split, train a teacher, distil a student, evaluate.
+
+A run folder holds ``checkpoint.pt`` (weights + everything needed to rebuild
+and preprocess), ``config.json`` (the resolved configuration), ``split.csv``
+(which image went where), ``history.json`` and ``metrics.json``.
+"""
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from training import data as datalib
+from training import engine, nets, splits
+from training.metrics import classification_report, format_report
+
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+DATA_CAVEAT = ("fundus4: the public 'Eye Diseases Classification' compilation (IDRiD, ODIR and other "
+               "public fundus sets); redistribution terms not verified: development and evaluation only")
+
+
+def command_line():
+    """The command that is running, as a user would retype it."""
+    prog = os.path.basename(sys.argv[0])
+    if prog in ("__main__.py", "cli.py"):
+        prog = "python -m training"
+    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=here,
+                                         stderr=subprocess.DEVNULL).decode().strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"],
+                                        cwd=here, stderr=subprocess.DEVNULL).decode().strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def make_spec(image_size, mean, std, threshold=10, interpolation="area"):
+    """The preprocessing rule written into the bundle; the device applies it verbatim."""
+    return {
+        "colour_order": "RGB",
+        "roi": {"kind": "fundus_disc", "threshold": threshold, "pad": "square"},
+        "resize": {"size": [image_size, image_size], "interpolation": interpolation},
+        "scale": 1.0 / 255.0,
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def load_split(data, fractions=None, seed=0):
+    """Samples with a split: a CSV that already has one is taken as is (after a leak check)."""
+    samples = datalib.load_samples(data)
+    if all(s.split for s in samples):
+        splits.check_no_leak(samples)
+        return samples
+    return splits.grouped_split(samples, fractions or DEFAULT_FRACTIONS, seed=seed)
+
+
+class Prepared(NamedTuple):
+    """Images of one split, ROI-cropped and resized by the device reference, with integer targets."""
+    samples: list
+    images: np.ndarray  # N x H x W x 3 uint8 RGB
+    targets: np.ndarray  # N int64 indices into the labels
+
+
+def prepare(samples, labels, spec, cache_dir, log=print):
+    images = datalib.prepare_images(samples, spec, cache_dir, log)
+    return Prepared(samples, images, np.array([labels.index(s.label) for s in samples], dtype=np.int64))
+
+
+def prepare_splits(samples, labels, spec, cache_dir, log):
+    """split name -> Prepared, decoding every image once (and caching the result)."""
+    everything = prepare(samples, labels, spec, cache_dir, log)
+    out = {}
+    for name in ("train", "val", "test"):
+        idx = [i for i, s in enumerate(samples) if s.split == name]
+        out[name] = Prepared([samples[i] for i in idx], everything.images[idx], everything.targets[idx])
+    return out
+
+
+def evaluate_net(net, part, spec, labels, title):
+    logits = engine.predict_logits(net, part.images, spec)
+    report = classification_report(part.targets, logits.argmax(1), labels)
+    return report, format_report(report, title), logits
+
+
+def save_run(out_dir, net, arch, labels, spec, config, history, metrics, commands, samples, weights_used):
+    os.makedirs(out_dir, exist_ok=True)
+    datalib.write_manifest(samples, os.path.join(out_dir, "split.csv"))
+    checkpoint = {
+        "arch": arch, "labels": labels, "spec": spec, "state_dict": net.state_dict(),
+        "config": config, "metrics": metrics, "commands": commands, "weights": weights_used,
+        "data": data_provenance(config["data"], samples),
+    }
+    torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
+    for name, obj in (("config.json", config), ("history.json", history), ("metrics.json", metrics)):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+
+def data_provenance(source, samples):
+    """What the model was trained and measured on, without machine-specific absolute paths."""
+    listing = "\n".join("{},{},{}".format(os.path.basename(s.path), s.label, s.split) for s in sorted(samples))
+    counts = Counter(s.split or "all" for s in samples)
+    image_root = os.path.commonpath([os.path.abspath(s.path) for s in samples])
+    return {"source": source, "image_root": os.path.relpath(image_root), "images": len(samples),
+            "split_counts": dict(sorted(counts.items())),
+            "split_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+            "split_rule": "group-wise stratified: a patient's images (both eyes, any class) and all augmented "
+                          "copies of one source image stay on one side; checked in code",
+            "licence": DATA_CAVEAT}
+
+
+def run_folder(checkpoint):
+    """The run folder of a checkpoint given as a folder or as its checkpoint.pt."""
+    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+
+
+def load_checkpoint(run_dir):
+    path = run_dir if run_dir.endswith(".pt") else os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError("{}: no checkpoint (run retina-train teacher/distil first)".format(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net, _, _ = nets.create_model(ckpt["arch"], len(ckpt["labels"]), ckpt["spec"]["resize"]["size"][0], "none")
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    return net, ckpt
+
+
+def train(args, teacher_dir=None, log=print):
+    """Train a network on the train split; with ``teacher_dir``, distil from that teacher."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(args.seed)
+    samples = load_split(args.data, seed=args.seed)
+    labels = sorted({s.label for s in samples})
+    teacher_ckpt = None
+    commands = []
+    if teacher_dir:
+        teacher, teacher_ckpt = load_checkpoint(teacher_dir)
+        teacher = teacher.to(memory_format=torch.channels_last)
+        if teacher_ckpt["labels"] != labels:
+            raise ValueError("teacher labels {} differ from data labels {}".format(teacher_ckpt["labels"], labels))
+        commands = list(teacher_ckpt["commands"])
+    commands.append(command_line())
+    net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights)
+    arch = nets.resolve_name(args.model)
+    net = net.to(memory_format=torch.channels_last)
+    spec = make_spec(args.image_size, data_cfg["mean"], data_cfg["std"])
+    if teacher_ckpt is not None:
+        t_spec = teacher_ckpt["spec"]
+        if t_spec["roi"] != spec["roi"] or t_spec["resize"] != spec["resize"]:
+            raise ValueError("teacher preprocessing {} / {} differs from the student's {} / {}; use the same "
+                             "--image-size".format(t_spec["roi"], t_spec["resize"], spec["roi"], spec["resize"]))
+        task = engine.Distill(net, spec["mean"], spec["std"], teacher, t_spec["mean"], t_spec["std"],
+                              alpha=args.alpha, temperature=args.temperature)
+    else:
+        task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
+    parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
+    log("{} on {}: train {} / val {} / test {} images, weights {}".format(
+        arch, args.data, len(parts["train"].samples), len(parts["val"].samples), len(parts["test"].samples),
+        weights_used))
+
+    def on_epoch(epoch):
+        if not len(parts["val"].samples):
+            return {}
+        report = evaluate_net(net, parts["val"], spec, labels, "val")[0]
+        return {"val_accuracy": report["accuracy"], "val_balanced_accuracy": report["balanced_accuracy"]}
+    start = time.time()
+    history = engine.fit(task, parts["train"].images, parts["train"].targets, args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         seed=args.seed, log=log, on_epoch=on_epoch, max_steps=args.max_steps)
+    metrics = {"train_seconds": round(time.time() - start, 1)}
+    for name in ("val", "test"):
+        if len(parts[name].samples):
+            report, text, _ = evaluate_net(net, parts[name], spec, labels, "{} split ({})".format(name, arch))
+            metrics[name] = report
+            log(text)
+    config = dict(vars(args))
+    config.pop("func", None)
+    config.pop("_parser", None)
+    config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir,
+                   "weights_used": weights_used, "commit": git_commit()})
+    save_run(args.out, net, arch, labels, spec, config, history, metrics, commands, samples, weights_used)
+    log("saved {}".format(os.path.join(args.out, "checkpoint.pt")))
+    return metrics
+
+
+def evaluate(args, log=print):
+    net, ckpt = load_checkpoint(args.checkpoint)
+    samples = load_split(args.data or os.path.join(run_folder(args.checkpoint), "split.csv"))
+    chosen = [s for s in samples if args.split == "all" or s.split == args.split]
+    if not chosen:
+        raise ValueError("no images in split {!r}".format(args.split))
+    part = prepare(chosen, ckpt["labels"], ckpt["spec"], args.cache_dir, log)
+    report, text, _ = evaluate_net(net, part, ckpt["spec"], ckpt["labels"], "{} split".format(args.split))
+    log(text)
+    return report
