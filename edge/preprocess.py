@@ -38,11 +38,23 @@ def decode_image(data, source="<bytes>"):
     """
     if len(data) == 0:
         raise ImageError("{}: empty file (0 bytes)".format(source))
+    if data[:2] == b"\xff\xd8" and not _jpeg_complete(data):
+        raise ImageError("{}: truncated JPEG (no end-of-image marker after the last scan)".format(source))
     buf = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError("{}: not a readable image (decoder rejected {} bytes)".format(source, len(data)))
     return to_rgb8(img, source)
+
+
+def _jpeg_complete(data):
+    """True if an end-of-image marker follows the last start-of-scan.
+
+    Some OpenCV builds (4.6, the JetPack 4.6 stand-in) decode a truncated JPEG
+    with only a warning and fill the rest grey; this refuses it everywhere.
+    Entropy-coded data stuffs 0xFF as FF 00, so FF DA / FF D9 there are markers.
+    """
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
 
 
 def read_image(path):
