@@ -32,5 +32,8 @@ class Classification(object):
 
 def classify(logits, bundle):
     """One Classification per row of ``logits``."""
+    if np.ndim(logits) != 2 or np.shape(logits)[1] != len(bundle.labels):
+        raise ValueError("model output shape {} does not match the bundle's {} labels".format(
+            np.shape(logits), len(bundle.labels)))
     probs = softmax(logits, bundle.temperature)
     return [Classification(bundle.labels, p) for p in probs]
