@@ -101,6 +101,10 @@ def validate_manifest(manifest, where="bundle.json"):
     return manifest
 
 
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_values(m, where):
     def bad(field, problem):
         return BundleError("{}: field '{}' {}".format(where, field, problem))
@@ -111,7 +115,7 @@ def _check_values(m, where):
     if len(set(labels)) != len(labels):
         raise bad("labels", "has duplicate names")
     shape = m["input"]["shape"]
-    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
+    if len(shape) != 4 or not all(_is_number(d) and isinstance(d, int) and d > 0 for d in shape):
         raise bad("input.shape", "must be four positive integers [N, C, H, W]")
     if shape[1] != 3:
         raise bad("input.shape", "must have 3 channels, has {}".format(shape[1]))
@@ -131,7 +135,7 @@ def _check_values(m, where):
             pre["resize"]["size"], shape[2:]))
     for key in ("mean", "std"):
         values = pre[key]
-        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+        if len(values) != 3 or not all(_is_number(v) for v in values):
             raise bad("preprocess." + key, "must be three numbers")
     if any(v <= 0 for v in pre["std"]):
         raise bad("preprocess.std", "must be positive")
