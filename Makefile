@@ -2,7 +2,7 @@
 #   make demo   set up the device side and screen the sample folder with the shipped model
 #   make test   set up both sides and run the whole test suite (Python 3 + the Python 3.6 edge subset)
 PYTHON ?= python3
-PY36 ?= $(shell pyenv root 2>/dev/null)/versions/3.6.15/bin/python3
+PY36 ?= $(shell (pyenv root 2>/dev/null || echo $$HOME/.pyenv))/versions/3.6.15/bin/python3
 VENV_EDGE := .venv-edge
 VENV := .venv
 VENV36 := .venv36
@@ -30,8 +30,9 @@ $(VENV36)/.done: requirements/edge-py36.txt
 	$(VENV36)/bin/pip install $(PIP_FLAGS) -r requirements/edge-py36.txt
 	touch $@
 
-test-py3: $(VENV)/.done
-	$(VENV)/bin/python -m pytest tests -q
+# The end-to-end test also screens with the Python 3.6 stack when .venv36 exists, so build it first.
+test-py3: $(VENV)/.done $(VENV36)/.done
+	RETINA_EDGE_PY36=$(CURDIR)/$(VENV36)/bin/python $(VENV)/bin/python -m pytest tests -q
 
 test-py36: $(VENV36)/.done
 	$(VENV36)/bin/python -m pytest tests/unit -q -m "not torch"
