@@ -8,6 +8,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # "--result" is a typo to point out, not a guess to make
         super(Parser, self).__init__(*args, **kwargs)
 
     def known_options(self):
