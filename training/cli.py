@@ -96,6 +96,7 @@ def run(args):
         fractions = {"train": 1 - args.test - args.val, "val": args.val, "test": args.test}
         samples = splits.grouped_split(datalib.load_samples(args.data), fractions, seed=args.seed)
         datalib.write_manifest(samples, args.out)
+        recipe.record_split_command(args.out)
         for name, counts in sorted(splits.summarize(samples).items()):
             print("{:<5} {:5d} images  {}".format(name, sum(counts.values()), dict(sorted(counts.items()))))
         print("wrote {} (no group on two sides: checked)".format(args.out))

@@ -12,7 +12,7 @@ from edge.preprocess import normalize, prepare, read_image
 from edge.sources import list_images
 from models.bundle import write_bundle
 from training import data as datalib, modelcard
-from training.recipe import command_line, git_commit, load_checkpoint, run_folder
+from training.recipe import command_line, git_commit, load_checkpoint, run_folder, with_split_command
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -75,7 +75,8 @@ def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
         "outputs": [{"name": OUTPUT_NAME, "shape": ["N", len(ckpt["labels"])], "kind": "logits"}],
         "preprocess": spec,
         "postprocess": {"activation": "softmax", "temperature": 1.0},
-        "provenance": {"commands": list(ckpt["commands"]) + [command_line()], "data": ckpt["data"],
+        "provenance": {"commands": with_split_command(ckpt["commands"], ckpt["config"]["data"]) + [command_line()],
+                       "data": ckpt["data"],
                        "commit": git_commit(), "weights": ckpt.get("weights", "")},
         "metrics": metrics,
     }

@@ -34,6 +34,23 @@ def command_line():
     return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
+def record_split_command(split_csv):
+    """Write ``<split>.csv.json`` beside a split so runs trained on it can record how it was made."""
+    with open(split_csv + ".json", "w") as f:
+        json.dump({"command": command_line()}, f)
+        f.write("\n")
+
+
+def with_split_command(commands, data):
+    """``commands`` with the command that wrote the split CSV ``data`` first, where it was recorded."""
+    sidecar = str(data) + ".json"
+    if not os.path.isfile(sidecar):
+        return list(commands)
+    with open(sidecar) as f:
+        split_command = json.load(f).get("command")
+    return ([split_command] if split_command and split_command not in commands else []) + list(commands)
+
+
 def git_commit():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -153,7 +170,7 @@ def train(args, teacher_dir=None, log=print):
         if teacher_ckpt["labels"] != labels:
             raise ValueError("teacher labels {} differ from data labels {}".format(teacher_ckpt["labels"], labels))
         commands = list(teacher_ckpt["commands"])
-    commands.append(command_line())
+    commands = with_split_command(commands, args.data) + [command_line()]
     net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights)
     arch = nets.resolve_name(args.model)
     net = net.to(memory_format=torch.channels_last)
