@@ -182,13 +182,13 @@ def test_file_name_rule_regexes_are_anchored():
     assert re.match(r"^image:normal/", group_of("/d/normal/1234_left_copy.jpg", "normal"))
 
 
-def test_split_command_is_recorded_and_put_first(tmp_path):
+def test_split_command_is_recorded_and_put_first(tmp_path, monkeypatch):
     from training.recipe import record_split_command, with_split_command
     split_csv = str(tmp_path / "split.csv")
     open(split_csv, "w").close()
     assert with_split_command(["retina-train teacher x"], split_csv) == ["retina-train teacher x"]
+    monkeypatch.setattr("sys.argv", ["/usr/bin/retina-train", "split", "--data", "my data", "--out", split_csv])
     record_split_command(split_csv)
     commands = with_split_command(["retina-train teacher x"], split_csv)
-    assert len(commands) == 2 and commands[1] == "retina-train teacher x"
-    assert " split " in commands[0] or commands[0].endswith(" split")
+    assert commands == ["retina-train split --data 'my data' --out " + split_csv, "retina-train teacher x"]
     assert with_split_command(commands, split_csv) == commands  # not added twice
