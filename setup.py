@@ -2,7 +2,12 @@
 
 Readable by Python 3.6 (JetPack 4.6); imports nothing but setuptools.
 """
+import io
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 EDGE = ["numpy>=1.19", "opencv-python-headless>=4.5", "onnxruntime>=1.10"]
 TRAIN = EDGE + ["torch>=2.1", "torchvision>=0.16", "timm>=1.0", "onnx>=1.14",
@@ -13,7 +18,7 @@ setup(
     name="retina-edge",
     version="0.1.0",
     description="Retinal screening at the edge: distilled CNN students, ONNX bundles, Jetson runtime",
-    long_description=open("README.md").read(),
+    long_description=io.open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.6",
     packages=find_packages(include=["edge", "edge.*", "models", "models.*", "training", "training.*"]),
