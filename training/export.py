@@ -59,6 +59,22 @@ def parity_images(args, ckpt, count=32):
     return np.concatenate([normalize(prepare(read_image(p), spec), spec) for p in paths])
 
 
+def write_split_listing(checkpoint, bundle_dir):
+    """Copy the run's split into the bundle as split.csv, paths relative to the image root.
+
+    With it anyone holding the same data can rerun the held-out evaluation the
+    manifest's metrics come from.
+    """
+    split_csv = os.path.join(run_folder(checkpoint), "split.csv")
+    if not os.path.isfile(split_csv):
+        return None
+    samples = datalib.read_manifest(split_csv)
+    root = os.path.commonpath([os.path.abspath(s.path) for s in samples])
+    out = os.path.join(bundle_dir, "split.csv")
+    datalib.write_manifest(samples, out, relative_to=root)
+    return out
+
+
 def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
     spec = ckpt["spec"]
     size = spec["resize"]["size"]
@@ -97,6 +113,7 @@ def export_bundle(args, log=print):
     n_params = int(sum(p.numel() for p in net.parameters()))
     manifest = build_manifest(name, ckpt, max_diff, len(batch), args.opset, n_params)
     bundle = write_bundle(args.out, onnx_bytes, manifest)
+    write_split_listing(args.checkpoint, args.out)
     modelcard.write(args.out, bundle.manifest)
     log("wrote bundle {} ({:.1f} MB, sha256 {})".format(args.out, len(onnx_bytes) / 1e6,
                                                         bundle.manifest["model"]["sha256"][:16]))

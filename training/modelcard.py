@@ -30,7 +30,8 @@ def render(manifest):
         "",
         "**Data.** {} images from `{}`. Licence: {}.".format(
             data.get("images"), os.path.basename(data.get("source", "")), data.get("licence")),
-        "Split rule: {}; counts {}; split listing sha256 `{}`.".format(
+        "Split rule: {}; counts {}; the listing is `split.csv` beside this card (sha256 of "
+        "name,label,split lines `{}`).".format(
             data.get("split_rule"), data.get("split_counts"), data.get("split_sha256", "")[:16]),
         "",
     ]
