@@ -1,0 +1,92 @@
+"""The shipped default bundle: valid, documented, and its recorded held-out figures reproduced
+by the device code (Python 3.6, no torch)."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LABELS, REPO_ROOT
+from edge.backends import create_backend
+from edge.pipeline import Pipeline
+from edge.sources import ImageFiles
+from models.bundle import default_bundle_dir, load_bundle
+
+BUNDLE_DIR = default_bundle_dir()
+SAMPLES = os.path.join(REPO_ROOT, "samples", "fundus")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE_DIR)  # validates the manifest and the model's sha256
+
+
+def split_rows(split):
+    with open(os.path.join(BUNDLE_DIR, "split.csv")) as f:
+        return [r for r in csv.DictReader(f) if r["split"] == split]
+
+
+def test_default_bundle_is_the_documented_student(bundle):
+    m = bundle.manifest
+    assert bundle.labels == LABELS
+    assert m["model"]["opset"] == 13
+    assert m["input"]["shape"] == [1, 3, 224, 224]
+    assert os.path.getsize(bundle.onnx_path) < 20 * 1024 * 1024  # "a student of a few MB"
+    assert m["metrics"]["onnx_parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m["metrics"]["test"]["n"] == len(split_rows("test")) > 0
+
+
+def test_provenance_lists_split_teacher_distil_export_in_order(bundle):
+    verbs = []
+    for command in bundle.manifest["provenance"]["commands"]:
+        words = command.split()
+        verbs += [w for w in words if w in ("split", "teacher", "distil", "export")][:1]
+    assert verbs == ["split", "teacher", "distil", "export"]
+
+
+def test_model_card_states_use_and_licence_caveat():
+    with open(os.path.join(BUNDLE_DIR, "MODEL_CARD.md")) as f:
+        card = f.read()
+    assert "not a diagnosis" in card
+    assert "redistribution terms not verified" in card
+    assert "group-wise" in card
+
+
+def test_split_listing_never_puts_a_group_on_two_sides():
+    sides = {}
+    with open(os.path.join(BUNDLE_DIR, "split.csv")) as f:
+        for row in csv.DictReader(f):
+            sides.setdefault(row["group"], set()).add(row["split"])
+    assert sides and all(len(v) == 1 for v in sides.values())
+
+
+def test_samples_are_held_out_images():
+    held_out = set(r["path"] for r in split_rows("test"))
+    for label in os.listdir(SAMPLES):
+        for name in os.listdir(os.path.join(SAMPLES, label)):
+            assert "{}/{}".format(label, name) in held_out
+
+
+def test_device_reproduces_the_recorded_held_out_accuracy(bundle, fundus_dir):
+    rows = split_rows("test")
+    source = ImageFiles([os.path.join(fundus_dir, r["path"]) for r in rows], fundus_dir)
+    results = Pipeline(bundle, create_backend("onnxruntime", bundle)).run(source)
+    assert [r.status for r in results] == ["ok"] * len(rows)
+    correct = sum(r.label == row["label"] for r, row in zip(results, rows))
+    recorded = bundle.manifest["metrics"]["test"]["accuracy"] * len(rows)
+    assert abs(correct - recorded) <= 1, (correct, recorded)  # one image of slack for float ties
+
+
+def test_demo_command_screens_the_samples_with_the_default(tmp_path, subprocess_env):
+    results = str(tmp_path / "demo.csv")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", SAMPLES, "--results", results],
+                            cwd=REPO_ROOT, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert b"images/s" in out
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    right = sum(r["label"] == os.path.basename(os.path.dirname(r["path"])) for r in rows)
+    assert right >= 9, "the shipped model got {} of 12 samples right".format(right)
