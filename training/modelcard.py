@@ -29,7 +29,7 @@ def render(manifest):
         "Starting weights: {}.".format(prov.get("weights") or "see commands"),
         "",
         "**Data.** {} images from `{}`. Licence: {}.".format(
-            data.get("images"), os.path.basename(data.get("source", "")), data.get("licence")),
+            data.get("images"), data.get("image_root") or data.get("source"), data.get("licence")),
         "Split rule: {}; counts {}; the listing is `split.csv` beside this card (sha256 of "
         "name,label,split lines `{}`).".format(
             data.get("split_rule"), data.get("split_counts"), data.get("split_sha256", "")[:16]),
