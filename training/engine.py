@@ -5,6 +5,7 @@ parts; one loop trains any task. Views are float [0, 1] NCHW tensors made by
 ``augment``; each network normalises them with its own mean/std, so a teacher
 and a student with different data configs see the same pixels.
 """
+import itertools
 import math
 import time
 
@@ -14,6 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.preprocess import normalize
+
+
+def device_of(module):
+    """Where a module's tensors live (the CPU for one that has none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class Normalize(nn.Module):
@@ -101,6 +109,7 @@ def fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05
         log=print, on_epoch=None, max_steps=None):
     """Train ``task`` with AdamW and a warmed-up cosine schedule; returns per-epoch history."""
     generator = torch.Generator().manual_seed(seed)
+    device = device_of(task)
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, len(images) // batch_size)
@@ -121,10 +130,10 @@ def fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05
             if step >= total:
                 break
             idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
-            views = augment(images[idx], generator)
+            views = augment(images[idx], generator).to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            out = task(views, targets[idx])
+            out = task(views, targets[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             optimizer.step()
@@ -150,9 +159,10 @@ def fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05
 def predict_logits(net, prepared, spec, batch_size=64):
     """Logits for prepared uint8 images, normalised by the device reference ``normalize``."""
     net.eval()
+    device = device_of(net)
     chunks = []
     for i in range(0, len(prepared), batch_size):
         x = torch.from_numpy(normalize(prepared[i:i + batch_size], spec))
-        x = x.contiguous(memory_format=torch.channels_last)
-        chunks.append(net(x).float().numpy())
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        chunks.append(net(x).float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

@@ -184,10 +184,12 @@ def train(args, teacher_dir=None, log=print):
                               alpha=args.alpha, temperature=args.temperature)
     else:
         task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task.to(device)
     parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
-    log("{} on {}: train {} / val {} / test {} images, weights {}".format(
+    log("{} on {}: train {} / val {} / test {} images, weights {}, device {}".format(
         arch, args.data, len(parts["train"].samples), len(parts["val"].samples), len(parts["test"].samples),
-        weights_used))
+        weights_used, device))
 
     def on_epoch(epoch):
         if not len(parts["val"].samples):
@@ -209,7 +211,7 @@ def train(args, teacher_dir=None, log=print):
     config.pop("_parser", None)
     config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir,
                    "weights_used": weights_used, "commit": git_commit()})
-    save_run(args.out, net, arch, labels, spec, config, history, metrics, commands, samples, weights_used)
+    save_run(args.out, net.cpu(), arch, labels, spec, config, history, metrics, commands, samples, weights_used)
     log("saved {}".format(os.path.join(args.out, "checkpoint.pt")))
     return metrics
 
