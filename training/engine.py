@@ -80,11 +80,13 @@ class Classify(nn.Module):
 class Distill(nn.Module):
     """Hinton logit distillation: L = a*CE(z_s, y) + (1-a)*T^2*KL(softmax(z_t/T) || softmax(z_s/T))."""
 
-    def __init__(self, student, s_mean, s_std, teacher, t_mean, t_std, alpha=0.3, temperature=4.0):
+    def __init__(self, student, s_mean, s_std, teacher, t_mean, t_std, alpha=0.3, temperature=4.0,
+                 teacher_size=None):
         super().__init__()
         self.net, self.norm = student, Normalize(s_mean, s_std)
         self.teacher, self.t_norm = teacher, Normalize(t_mean, t_std)
         self.alpha, self.temperature = alpha, temperature
+        self.teacher_size = tuple(teacher_size) if teacher_size else None
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
@@ -96,7 +98,12 @@ class Distill(nn.Module):
     def forward(self, views, y):
         z_s = self.net(self.norm(views))
         with torch.no_grad():
-            z_t = self.teacher(self.t_norm(views))
+            t_views = views
+            if self.teacher_size and tuple(views.shape[-2:]) != self.teacher_size:
+                # the same view, at the size the teacher was trained on
+                t_views = F.interpolate(views, size=self.teacher_size, mode="bilinear", align_corners=False,
+                                        antialias=True)
+            z_t = self.teacher(self.t_norm(t_views))
         t = self.temperature
         ce = F.cross_entropy(z_s, y)
         kd = F.kl_div(F.log_softmax(z_s / t, dim=1), F.log_softmax(z_t / t, dim=1),

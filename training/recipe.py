@@ -177,11 +177,12 @@ def train(args, teacher_dir=None, log=print):
     spec = make_spec(args.image_size, data_cfg["mean"], data_cfg["std"])
     if teacher_ckpt is not None:
         t_spec = teacher_ckpt["spec"]
-        if t_spec["roi"] != spec["roi"] or t_spec["resize"] != spec["resize"]:
-            raise ValueError("teacher preprocessing {} / {} differs from the student's {} / {}; use the same "
-                             "--image-size".format(t_spec["roi"], t_spec["resize"], spec["roi"], spec["resize"]))
+        if t_spec["roi"] != spec["roi"]:
+            raise ValueError("teacher region of interest {} differs from the student's {}".format(
+                t_spec["roi"], spec["roi"]))
         task = engine.Distill(net, spec["mean"], spec["std"], teacher, t_spec["mean"], t_spec["std"],
-                              alpha=args.alpha, temperature=args.temperature)
+                              alpha=args.alpha, temperature=args.temperature,
+                              teacher_size=t_spec["resize"]["size"])
     else:
         task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
