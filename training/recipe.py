@@ -156,35 +156,42 @@ def load_checkpoint(run_dir):
     return net, ckpt
 
 
+def build_task(args, labels, teacher_dir):
+    """The network to train and the task around it: Classify, or Distill from ``teacher_dir``.
+
+    Returns (task, net, arch, spec, weights_used, commands so far).
+    """
+    commands = []
+    teacher = teacher_ckpt = None
+    if teacher_dir:
+        teacher, teacher_ckpt = load_checkpoint(teacher_dir)
+        if teacher_ckpt["labels"] != labels:
+            raise ValueError("teacher labels {} differ from data labels {}".format(teacher_ckpt["labels"], labels))
+        commands = list(teacher_ckpt["commands"])
+    commands = with_split_command(commands, args.data) + [command_line()]
+    net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights)
+    net = net.to(memory_format=torch.channels_last)
+    spec = make_spec(args.image_size, data_cfg["mean"], data_cfg["std"])
+    if teacher is None:
+        task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
+    else:
+        t_spec = teacher_ckpt["spec"]
+        if t_spec["roi"] != spec["roi"]:
+            raise ValueError("teacher region of interest {} differs from the student's {}".format(
+                t_spec["roi"], spec["roi"]))
+        task = engine.Distill(net, spec["mean"], spec["std"], teacher.to(memory_format=torch.channels_last),
+                              t_spec["mean"], t_spec["std"], alpha=args.alpha, temperature=args.temperature,
+                              teacher_size=t_spec["resize"]["size"])
+    return task, net, nets.resolve_name(args.model), spec, weights_used, commands
+
+
 def train(args, teacher_dir=None, log=print):
     """Train a network on the train split; with ``teacher_dir``, distil from that teacher."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(args.seed)
     samples = load_split(args.data, seed=args.seed)
     labels = sorted({s.label for s in samples})
-    teacher_ckpt = None
-    commands = []
-    if teacher_dir:
-        teacher, teacher_ckpt = load_checkpoint(teacher_dir)
-        teacher = teacher.to(memory_format=torch.channels_last)
-        if teacher_ckpt["labels"] != labels:
-            raise ValueError("teacher labels {} differ from data labels {}".format(teacher_ckpt["labels"], labels))
-        commands = list(teacher_ckpt["commands"])
-    commands = with_split_command(commands, args.data) + [command_line()]
-    net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights)
-    arch = nets.resolve_name(args.model)
-    net = net.to(memory_format=torch.channels_last)
-    spec = make_spec(args.image_size, data_cfg["mean"], data_cfg["std"])
-    if teacher_ckpt is not None:
-        t_spec = teacher_ckpt["spec"]
-        if t_spec["roi"] != spec["roi"]:
-            raise ValueError("teacher region of interest {} differs from the student's {}".format(
-                t_spec["roi"], spec["roi"]))
-        task = engine.Distill(net, spec["mean"], spec["std"], teacher, t_spec["mean"], t_spec["std"],
-                              alpha=args.alpha, temperature=args.temperature,
-                              teacher_size=t_spec["resize"]["size"])
-    else:
-        task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
+    task, net, arch, spec, weights_used, commands = build_task(args, labels, teacher_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(device)
     parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
@@ -207,9 +214,7 @@ def train(args, teacher_dir=None, log=print):
             report, text, _ = evaluate_net(net, parts[name], spec, labels, "{} split ({})".format(name, arch))
             metrics[name] = report
             log(text)
-    config = dict(vars(args))
-    config.pop("func", None)
-    config.pop("_parser", None)
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir,
                    "weights_used": weights_used, "commit": git_commit()})
     save_run(args.out, net.cpu(), arch, labels, spec, config, history, metrics, commands, samples, weights_used)
