@@ -47,6 +47,7 @@ def run(args):
     from edge.backends import BackendError, create_backend
     from edge.ledger import Ledger
     from edge.pipeline import Pipeline
+    from edge.preprocess import IMAGE_SUFFIXES
     from edge.sinks import ConsoleSink, CsvSink, LedgerSink
     from edge.sources import SourceError, open_source
     from models.bundle import BundleError, default_bundle_dir, load_bundle
@@ -59,6 +60,10 @@ def run(args):
     except (BundleError, SourceError, BackendError) as exc:
         err.write("retina-edge run: error: {}\n".format(exc))
         return 2
+    if len(source) == 0:
+        err.write("retina-edge run: error: {}: no image files ({}) found\n".format(
+            args.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)))
+        return 1
     ledger_path = args.ledger or default_ledger()
     ledger = Ledger(ledger_path)
     run_id = ledger.start_run(os.path.abspath(args.path), bundle, backend.describe())
@@ -85,7 +90,7 @@ def run(args):
     print(prof.report())
     print("ledger: {} (run {})".format(ledger_path, run_id) + (
         "; results: {}".format(args.results) if args.results else ""))
-    return 0 if results else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -122,3 +122,14 @@ def test_edge_cli_typo_exits_2_with_a_hint(tmp_path, subprocess_env):
     code, _, err = run_edge(["run", "x", "--resluts", "o.csv"], subprocess_env, str(tmp_path))
     assert code == 2
     assert "did you mean --results?" in err
+
+
+def test_edge_cli_says_when_a_folder_has_no_images(tmp_path, tiny_bundle, subprocess_env):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "notes.txt").write_text(u"not an image")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(folder), "--model", tiny_bundle.root],
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "no image files (jpg, jpeg, png, bmp, tif, tiff) found" in err.decode()
