@@ -248,3 +248,24 @@ def test_device_interpreter_preprocesses_byte_for_byte(trained, screen, fundus_d
         arrays.append(np.load(out))
     assert arrays[0].shape == (len(paths), 3, 64, 64)
     assert arrays[0].tobytes() == arrays[1].tobytes()
+
+
+@pytest.mark.parametrize("teacher_arch", ["vit_tiny_patch16_224", "convnextv2_atto"])
+def test_transformer_and_convnextv2_teachers_distil_into_a_cnn(trained, env, teacher_arch):
+    """Cross-architecture: a ViT or ConvNeXt V2 teacher at 32 px, a MobileNetV2 student at 48 px
+    (the teacher sees the student's view resized), through the real command lines."""
+    work = trained["work"]
+    teacher, student = (os.path.join(work, teacher_arch + suffix) for suffix in ("-T", "-S"))
+    common = ["--data", trained["manifest"], "--weights", "none", "--epochs", "1", "--batch-size", "4",
+              "--max-steps", "1", "--cache-dir", ""]
+    py = [sys.executable, "-m", "training"]
+    run(py + ["teacher", "--model", teacher_arch, "--image-size", "32", "--out", teacher] + common, env, work)
+    out, _ = run(py + ["distil", "--teacher", teacher, "--model", "mobilenetv2_100", "--image-size", "48",
+                       "--out", student] + common, env, work)
+    assert "test split (mobilenetv2_100)" in out
+    with open(os.path.join(student, "config.json")) as f:
+        config = json.load(f)
+    assert config["arch"] == "mobilenetv2_100" and config["spec"]["resize"]["size"] == [48, 48]
+    with open(os.path.join(student, "history.json")) as f:
+        history = json.load(f)
+    assert history[0]["kd"] > 0  # the teacher's soft labels really entered the loss
