@@ -1,5 +1,6 @@
 """retina-edge: screen fundus images on the device with a model bundle."""
 import os
+import sqlite3
 import sys
 
 from edge.cliutil import Parser
@@ -65,11 +66,16 @@ def run(args):
             args.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)))
         return 1
     ledger_path = args.ledger or default_ledger()
-    ledger = Ledger(ledger_path)
-    run_id = ledger.start_run(os.path.abspath(args.path), bundle, backend.describe())
-    sinks = [LedgerSink(ledger, run_id)]
-    if args.results:
-        sinks.append(CsvSink(args.results, bundle.labels))
+    try:
+        ledger = Ledger(ledger_path)
+        run_id = ledger.start_run(os.path.abspath(args.path), bundle, backend.describe())
+        sinks = [LedgerSink(ledger, run_id)]
+        if args.results:
+            sinks.append(CsvSink(args.results, bundle.labels))
+    except (OSError, sqlite3.Error) as exc:
+        err.write("retina-edge run: error: cannot open the ledger {} or results {}: {}\n".format(
+            ledger_path, args.results or "-", exc))
+        return 2
     sinks.append(ConsoleSink(errors_only=args.quiet))
     print("model {} ({}), backend {}, {} image file(s) from {}".format(
         bundle.manifest["name"], bundle.root, backend.describe(), len(source), args.path))

@@ -133,3 +133,16 @@ def test_edge_cli_says_when_a_folder_has_no_images(tmp_path, tiny_bundle, subpro
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "no image files (jpg, jpeg, png, bmp, tif, tiff) found" in err.decode()
+
+
+def test_edge_cli_reports_an_unwritable_results_path(tmp_path, tiny_bundle, screen_folder, subprocess_env):
+    folder = screen_folder[0]
+    blocker = tmp_path / "a-file"
+    blocker.write_text(u"x")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", folder, "--model", tiny_bundle.root,
+                             "--results", str(blocker / "out.csv")],
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "cannot open the ledger" in err.decode() and str(blocker / "out.csv") in err.decode()
+    assert b"Traceback" not in err
