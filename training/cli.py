@@ -2,6 +2,7 @@
 import sys
 
 from edge.cliutil import Parser
+from training.splits import DEFAULT_FRACTIONS  # light: the CLI parses before torch is imported
 
 EXAMPLES = """examples:
   retina-train split   --data ../shared/data/fundus4 --out runs/split.csv
@@ -44,8 +45,8 @@ def build_parser():
     p = verb("split", "write a group-wise stratified split as a CSV manifest")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--test", type=float, default=0.2)
-    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--test", type=float, default=DEFAULT_FRACTIONS["test"])
+    p.add_argument("--val", type=float, default=DEFAULT_FRACTIONS["val"])
     p.add_argument("--seed", type=int, default=0)
 
     p = verb("teacher", "train a teacher (or any network) with cross-entropy")

@@ -8,11 +8,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edge.preprocess import normalize, prepare, read_image
+from edge.preprocess import preprocess, read_image
 from edge.sources import list_images
 from models.bundle import write_bundle
 from training import data as datalib, modelcard
-from training.recipe import command_line, git_commit, load_checkpoint, run_folder, with_split_command
+from training.recipe import command_line, git_commit, load_checkpoint, run_split, with_split_command
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -42,33 +42,28 @@ def parity(net, onnx_bytes, batch):
     with torch.no_grad():
         expected = net(torch.from_numpy(batch)).numpy()
     got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-    return float(np.abs(expected - got).max()), expected, got
+    return float(np.abs(expected - got).max())
 
 
-def parity_images(args, ckpt, count=32):
+def parity_images(folder, samples, spec, count=32):
     """Real images for the parity check: a folder given by the user, else the run's test split."""
-    if args.parity_images:
-        paths = list_images(args.parity_images)[:count]
+    if folder:
+        paths = list_images(folder)[:count]
     else:
-        split_csv = os.path.join(run_folder(args.checkpoint), "split.csv")
-        samples = datalib.read_manifest(split_csv) if os.path.isfile(split_csv) else []
         paths = [s.path for s in samples if s.split == "test"][:count] or [s.path for s in samples][:count]
     if not paths:
         raise ValueError("no images for the parity check; pass --parity-images FOLDER")
-    spec = ckpt["spec"]
-    return np.concatenate([normalize(prepare(read_image(p), spec), spec) for p in paths])
+    return np.concatenate([preprocess(read_image(p), spec) for p in paths])
 
 
-def write_split_listing(checkpoint, bundle_dir):
+def write_split_listing(samples, bundle_dir):
     """Copy the run's split into the bundle as split.csv, paths relative to the image root.
 
     With it anyone holding the same data can rerun the held-out evaluation the
     manifest's metrics come from.
     """
-    split_csv = os.path.join(run_folder(checkpoint), "split.csv")
-    if not os.path.isfile(split_csv):
+    if not samples:
         return None
-    samples = datalib.read_manifest(split_csv)
     root = os.path.commonpath([os.path.abspath(s.path) for s in samples])
     out = os.path.join(bundle_dir, "split.csv")
     datalib.write_manifest(samples, out, relative_to=root)
@@ -102,8 +97,9 @@ def export_bundle(args, log=print):
     net, ckpt = load_checkpoint(args.checkpoint)
     size = ckpt["spec"]["resize"]["size"][0]
     onnx_bytes = to_onnx(net, size, args.opset)
-    batch = parity_images(args, ckpt)
-    max_diff, _, _ = parity(net, onnx_bytes, batch)
+    samples = run_split(args.checkpoint)
+    batch = parity_images(args.parity_images, samples, ckpt["spec"])
+    max_diff = parity(net, onnx_bytes, batch)
     log("parity on {} real images: max |delta logit| = {:.3g} (tolerance {:g})".format(len(batch), max_diff,
                                                                                      args.tolerance))
     if not max_diff <= args.tolerance:
@@ -113,7 +109,7 @@ def export_bundle(args, log=print):
     n_params = int(sum(p.numel() for p in net.parameters()))
     manifest = build_manifest(name, ckpt, max_diff, len(batch), args.opset, n_params)
     bundle = write_bundle(args.out, onnx_bytes, manifest)
-    write_split_listing(args.checkpoint, args.out)
+    write_split_listing(samples, args.out)
     modelcard.write(args.out, bundle.manifest)
     log("wrote bundle {} ({:.1f} MB, sha256 {})".format(args.out, len(onnx_bytes) / 1e6,
                                                         bundle.manifest["model"]["sha256"][:16]))

@@ -21,7 +21,6 @@ from training import data as datalib
 from training import engine, nets, splits
 from training.metrics import classification_report, format_report
 
-DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 DATA_CAVEAT = ("fundus4: the public 'Eye Diseases Classification' compilation (IDRiD, ODIR and other "
                "public fundus sets); redistribution terms not verified: development and evaluation only")
 
@@ -81,7 +80,7 @@ def load_split(data, fractions=None, seed=0):
     if all(s.split for s in samples):
         splits.check_no_leak(samples)
         return samples
-    return splits.grouped_split(samples, fractions or DEFAULT_FRACTIONS, seed=seed)
+    return splits.grouped_split(samples, fractions or splits.DEFAULT_FRACTIONS, seed=seed)
 
 
 class Prepared(NamedTuple):
@@ -143,6 +142,12 @@ def data_provenance(source, samples):
 def run_folder(checkpoint):
     """The run folder of a checkpoint given as a folder or as its checkpoint.pt."""
     return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+
+
+def run_split(checkpoint):
+    """The samples of a run's split.csv, or [] where the run kept none."""
+    path = os.path.join(run_folder(checkpoint), "split.csv")
+    return datalib.read_manifest(path) if os.path.isfile(path) else []
 
 
 def load_checkpoint(run_dir):
@@ -224,7 +229,7 @@ def train(args, teacher_dir=None, log=print):
 
 def evaluate(args, log=print):
     net, ckpt = load_checkpoint(args.checkpoint)
-    samples = load_split(args.data or os.path.join(run_folder(args.checkpoint), "split.csv"))
+    samples = load_split(args.data) if args.data else run_split(args.checkpoint)
     chosen = [s for s in samples if args.split == "all" or s.split == args.split]
     if not chosen:
         raise ValueError("no images in split {!r}".format(args.split))

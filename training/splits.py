@@ -2,6 +2,8 @@
 import random
 from collections import Counter, defaultdict
 
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
 
 class LeakError(AssertionError):
     """A group was found on more than one side of a split."""
