@@ -1,14 +1,23 @@
-"""The results ledger: SQLite in WAL mode, one row per image, committed as it is written.
+"""The results ledger: SQLite in WAL mode, one row per frame, committed as it is written.
 
 A run that dies half way keeps every row written before it; ``runs.finished_at``
-stays empty for it.
+stays empty for it. Paths are stored absolute, as the run's source is.
+
+Schema version 2 (``PRAGMA user_version``) adds the statuses ``skipped`` and
+``ungradable`` and, per row, the file's identity (``file``, ``size_bytes``,
+``mtime_ns``), the frame's ``frame_index`` and ``modality``; a version-1
+ledger is migrated in place, in one transaction, when it is opened.
 """
 import json
 import os
 import sqlite3
 import time
 
-SCHEMA = """
+from edge.records import STATUSES
+
+SCHEMA_VERSION = 2
+
+_RUNS = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at TEXT NOT NULL,
@@ -21,24 +30,42 @@ CREATE TABLE IF NOT EXISTS runs (
     errors INTEGER NOT NULL DEFAULT 0,
     summary TEXT
 );
-CREATE TABLE IF NOT EXISTS results (
+"""
+
+_RESULTS = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id INTEGER NOT NULL REFERENCES runs(id),
     path TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    status TEXT NOT NULL CHECK (status IN ({statuses})),
     label TEXT,
     confidence REAL,
     probs TEXT,
     error TEXT NOT NULL DEFAULT '',
     latency_ms REAL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    file TEXT,
+    size_bytes INTEGER,
+    mtime_ns INTEGER,
+    frame_index INTEGER,
+    modality TEXT
 );
-CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 """
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
+CREATE INDEX IF NOT EXISTS results_file ON results(file, size_bytes, mtime_ns);
+"""
+
+_V1_COLUMNS = "id, run_id, path, status, label, confidence, probs, error, latency_ms, created_at"
 
 
 def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+
+
+def _results_sql(name="results"):
+    return _RESULTS.format(name=name, statuses=", ".join("'{}'".format(s) for s in STATUSES))
 
 
 class Ledger(object):
@@ -47,34 +74,67 @@ class Ledger(object):
         if not os.path.isdir(folder):
             os.makedirs(folder)
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=30)
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # explicit transactions
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        self._migrate()
+
+    def _migrate(self):
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError("{}: ledger schema version {} is newer than this retina-edge knows ({})"
+                                        .format(self.path, version, SCHEMA_VERSION))
+        has_results = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'results'").fetchone()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(_RUNS)
+            if has_results:  # version 1: copy rows into the new table, absolute paths kept as they were
+                self.conn.execute(_results_sql("results_v2"))
+                self.conn.execute("INSERT INTO results_v2 ({0}) SELECT {0} FROM results".format(_V1_COLUMNS))
+                self.conn.execute("DROP TABLE results")
+                self.conn.execute("ALTER TABLE results_v2 RENAME TO results")
+            else:
+                self.conn.execute(_results_sql())
+            for statement in _INDEXES.strip().split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute("PRAGMA user_version = {}".format(SCHEMA_VERSION))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def start_run(self, source, bundle, backend):
         cur = self.conn.execute(
             "INSERT INTO runs (started_at, source, bundle_name, bundle_sha256, backend) VALUES (?, ?, ?, ?, ?)",
             (_now(), source, bundle.manifest["name"], bundle.manifest["model"]["sha256"], backend))
-        self.conn.commit()
         return cur.lastrowid
 
-    def add_result(self, run_id, result):
+    def add_result(self, run_id, result, meta=None):
+        """Insert one row and bump the run's counters in one transaction."""
+        meta = meta or {}
         probs = json.dumps(result.probs) if result.probs is not None else None
-        self.conn.execute(
-            "INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, result.path, result.status, result.label, result.confidence, probs, result.error,
-             result.latency_ms, _now()))
-        self.conn.execute("UPDATE runs SET images = images + 1, errors = errors + ? WHERE id = ?",
-                          (1 if result.status == "error" else 0, run_id))
-        self.conn.commit()
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute(
+                "INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at,"
+                " file, size_bytes, mtime_ns, frame_index, modality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, result.path, result.status, result.label, result.confidence, probs, result.error,
+                 result.latency_ms, _now(), meta.get("path"), meta.get("size_bytes"), meta.get("mtime_ns"),
+                 meta.get("index"), meta.get("modality")))
+            self.conn.execute("UPDATE runs SET images = images + 1, errors = errors + ? WHERE id = ?",
+                              (1 if result.status == "error" else 0, run_id))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def finish_run(self, run_id, summary):
         self.conn.execute("UPDATE runs SET finished_at = ?, summary = ? WHERE id = ?",
                           (_now(), json.dumps(summary), run_id))
-        self.conn.commit()
 
     def close(self):
         self.conn.close()

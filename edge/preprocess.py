@@ -10,8 +10,6 @@ NumPy + OpenCV, Python 3.6.
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
 _INTERPOLATION = {
     "area": cv2.INTER_AREA,
     "linear": cv2.INTER_LINEAR,
@@ -24,64 +22,6 @@ _INTERPOLATION = {
 _MIN_LINE_FRACTION = 0.02
 # A disc smaller than this fraction of the frame is not trusted: use the frame.
 _MIN_DISC_AREA_FRACTION = 0.1
-
-
-class ImageError(ValueError):
-    """An input that cannot be turned into a network input; the message names it."""
-
-
-def decode_image(data, source="<bytes>"):
-    """Decode encoded image bytes to an HxWx3 uint8 RGB array.
-
-    Accepts 8- and 16-bit, grey, colour and colour+alpha images. 16-bit values
-    are scaled to 8 bits by the full range of the type (v * 255 / 65535).
-    """
-    if len(data) == 0:
-        raise ImageError("{}: empty file (0 bytes)".format(source))
-    if data[:2] == b"\xff\xd8" and not _jpeg_complete(data):
-        raise ImageError("{}: truncated JPEG (no end-of-image marker after the last scan)".format(source))
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError("{}: not a readable image (decoder rejected {} bytes)".format(source, len(data)))
-    return to_rgb8(img, source)
-
-
-def _jpeg_complete(data):
-    """True if an end-of-image marker follows the last start-of-scan.
-
-    Some OpenCV builds (4.6, the JetPack 4.6 stand-in) decode a truncated JPEG
-    with only a warning and fill the rest grey; this refuses it everywhere.
-    Entropy-coded data stuffs 0xFF as FF 00, so FF DA / FF D9 there are markers.
-    """
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-
-
-def read_image(path):
-    """Read an image file to HxWx3 uint8 RGB; raises ImageError naming the file."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except (IOError, OSError) as exc:
-        raise ImageError("{}: cannot read file ({})".format(path, exc))
-    return decode_image(data, source=path)
-
-
-def to_rgb8(img, source="<array>"):
-    """Bring an OpenCV-decoded array (BGR order, any depth) to HxWx3 uint8 RGB."""
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError("{}: unsupported pixel type {}".format(source, img.dtype))
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if img.ndim == 3 and img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    raise ImageError("{}: unsupported image shape {}".format(source, img.shape))
 
 
 def find_fundus_disc(rgb, threshold):
@@ -143,3 +83,31 @@ def normalize(prepared, spec):
 def preprocess(rgb, spec):
     """The reference: RGB uint8 image -> 1x3xHxW float32 network input."""
     return normalize(prepare(rgb, spec), spec)
+
+
+class HostPreprocessor(object):
+    """The reference on the CPU, for backends that take a host array (ONNX Runtime).
+
+    The pipeline calls ``prepare`` for each image on a worker thread and
+    ``collate`` for a batch on the inference thread. A GPU backend brings its
+    own preprocessor with the same two methods whose ``collate`` writes into
+    the device buffer the backend owns (``edge.gpu``).
+    """
+
+    name = "opencv"
+
+    def __init__(self, spec, dtype=np.float32):
+        self.spec = spec
+        self.dtype = np.dtype(dtype)
+
+    def prepare(self, rgb):
+        """RGB uint8 HxWx3 -> 1x3xHxW network input (host memory)."""
+        return preprocess(rgb, self.spec).astype(self.dtype, copy=False)
+
+    def collate(self, prepared):
+        """A list of ``prepare`` results -> one NCHW batch."""
+        return prepared[0] if len(prepared) == 1 else np.concatenate(prepared)
+
+    def last_times_ms(self):
+        """Device stage times of the last collate; none on the host."""
+        return {}

@@ -164,6 +164,21 @@ class Bundle(object):
         return os.path.join(self.root, self.manifest["model"]["file"])
 
     @property
+    def precisions(self):
+        """Precisions this bundle carries a model for: fp32 always, plus its variants (e.g. int8, fp16)."""
+        return ["fp32"] + sorted(self.manifest.get("variants", {}))
+
+    def model_path(self, precision="fp32"):
+        """The ONNX file for ``precision``: model.onnx for fp32, else the variant's file."""
+        if precision == "fp32":
+            return self.onnx_path
+        variant = self.manifest.get("variants", {}).get(precision)
+        if not variant:
+            raise BundleError("{}: this bundle has no {} variant (it has {}); make one with "
+                              "`retina-train quantize`".format(self.root, precision, ", ".join(self.precisions)))
+        return os.path.join(self.root, variant["file"])
+
+    @property
     def input_name(self):
         return self.manifest["input"]["name"]
 

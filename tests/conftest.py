@@ -52,6 +52,21 @@ _VALID_MANIFEST = {
 }
 
 
+class Collect(object):
+    """An output that keeps every (frame, result) it is given, for a test to inspect."""
+
+    def __init__(self):
+        self.frames, self.results = [], []
+        self.closed = False
+
+    def write(self, frame, result):
+        self.frames.append(frame)
+        self.results.append(result)
+
+    def close(self):
+        self.closed = True
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration needs torch, whether or not the file says so."""
     integration = os.path.join(TESTS_DIR, "integration") + os.sep

@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edge.preprocess import IMAGE_SUFFIXES, ImageError, prepare, read_image
+from edge.io.decode import IMAGE_SUFFIXES, ImageError, read_image
+from edge.preprocess import prepare
 
 
 class Sample(NamedTuple):

@@ -8,8 +8,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edge.preprocess import preprocess, read_image
-from edge.sources import list_images
+from edge.io.decode import read_image
+from edge.io.sources import list_images
+from edge.preprocess import preprocess
 from models.bundle import write_bundle
 from training import data as datalib, modelcard
 from training.recipe import command_line, git_commit, load_checkpoint, run_split, with_split_command

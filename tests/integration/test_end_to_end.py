@@ -37,11 +37,11 @@ def _device_python():
 PY36 = _device_python()
 
 
-def run(cmd, env, cwd, timeout=600):
+def run(cmd, env, cwd, timeout=600, expect=0):
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=timeout)
     out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    assert proc.returncode == 0, "{} exited {}\nstdout:\n{}\nstderr:\n{}".format(
+    assert proc.returncode == expect, "{} exited {}\nstdout:\n{}\nstderr:\n{}".format(
         " ".join(cmd), proc.returncode, out[-3000:], err[-3000:])
     return out, err
 
@@ -178,7 +178,7 @@ def test_edge_cli_screens_real_and_broken_files_with_the_bundle(trained, screen,
     folder, good, bad = screen
     results, ledger = os.path.join(trained["work"], "out.csv"), os.path.join(trained["work"], "l.db")
     out, _ = run([sys.executable, "-m", "edge", "run", folder, "--model", trained["bundle"],
-                  "--results", results, "--ledger", ledger], env, trained["work"])
+                  "--results", results, "--ledger", ledger], env, trained["work"], expect=1)  # 3 set aside
     assert "images/s" in out
     assert "6 image(s), 3 ok, 3 error(s)" in out
     rows = read_rows(results)
@@ -191,7 +191,7 @@ def test_edge_cli_screens_real_and_broken_files_with_the_bundle(trained, screen,
             assert r["label"] == CLASSES[probs.index(max(probs))]
         else:
             assert r["status"] == "error", r
-            assert r["path"] in r["error"] and r["error"].startswith("capture: ")
+            assert r["path"] in r["error"] and r["error"].startswith("decode: ")
     conn = sqlite3.connect(ledger)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
@@ -226,7 +226,8 @@ _PREPROCESS_SCRIPT = r"""
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from edge.preprocess import preprocess, read_image
+from edge.io.decode import read_image
+from edge.preprocess import preprocess
 from models.bundle import load_bundle
 spec = load_bundle(sys.argv[2]).preprocess
 paths = json.loads(sys.argv[4])

@@ -48,9 +48,18 @@ def test_a_plain_parser_suggests_too(capsys):
 
 
 def test_known_options_parse(tmp_path):
-    args = build_parser().parse_args(["run", "scans", "--results", "o.csv", "--ledger", "l.db", "--quiet"])
-    assert (args.verb, args.path, args.results, args.ledger, args.quiet, args.backend) == (
-        "run", "scans", "o.csv", "l.db", True, "onnxruntime")
+    args = build_parser().parse_args(["run", "scans", "--results", "o.csv", "--ledger", "l.db", "--quiet",
+                                      "-o", "a.jsonl", "--output", "null://"])
+    assert (args.verb, args.input, args.results, args.ledger, args.quiet, args.backend, args.precision) == (
+        "run", "scans", "o.csv", "l.db", True, "auto", "best")
+    assert args.output == ["a.jsonl", "null://"]
+
+
+def test_backend_and_precision_list_their_choices(capsys):
+    err = parse_error(build_parser(), ["run", "scans", "--backend", "trt"], capsys)
+    assert "invalid choice: 'trt'" in err and "'tensorrt'" in err and "'onnxruntime'" in err and "'auto'" in err
+    err = parse_error(build_parser(), ["run", "scans", "--precision", "int4"], capsys)
+    assert "'fp16'" in err and "'int8'" in err
 
 
 def test_help_has_worked_examples(capsys):
@@ -59,6 +68,7 @@ def test_help_has_worked_examples(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "retina-edge run samples/fundus" in out
+    assert "exit codes:" in out
 
 
 def run_edge(args, env, cwd):
@@ -74,10 +84,11 @@ def test_edge_cli_screens_a_folder_with_bad_files(tmp_path, tiny_bundle, screen_
     ledger_path = str(tmp_path / "l.db")
     code, out, err = run_edge(["run", folder, "--model", tiny_bundle.root, "--results", csv_path,
                                "--ledger", ledger_path], subprocess_env, str(tmp_path))
-    assert code == 0, err
+    assert code == 1, err  # finished, but some inputs were set aside
     assert "images/s" in out
+    assert "backend onnxruntime" in out and "tensorrt not usable" in out  # auto says what it chose and why
     assert "6 image(s), 3 ok, 3 error(s)" in out, out
-    for stage in ("capture", "pre-process", "network", "post-process", "output", "total"):
+    for stage in ("capture", "decode", "pre-process", "network", "post-process", "output", "total"):
         assert stage in out
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -111,11 +122,13 @@ def test_edge_cli_refuses_a_tampered_bundle(tmp_path, tiny_bundle, screen_folder
     assert not os.path.exists(str(tmp_path / "l.db"))
 
 
-def test_edge_cli_refuses_video_sources(tmp_path, tiny_bundle, subprocess_env):
-    code, _, err = run_edge(["run", "clinic.mp4", "--model", tiny_bundle.root,
-                             "--ledger", str(tmp_path / "l.db")], subprocess_env, str(tmp_path))
-    assert code == 2
-    assert "clinic.mp4" in err and "not supported yet" in err
+def test_edge_cli_takes_the_onnx_file_as_the_bundle_and_exits_0_when_all_are_screened(
+        tmp_path, tiny_bundle, screen_folder, subprocess_env):
+    _, good, _ = screen_folder
+    code, out, err = run_edge(["run", good[0], "--model", tiny_bundle.onnx_path, "--ledger",
+                               str(tmp_path / "l.db"), "--backend", "onnxruntime"], subprocess_env, str(tmp_path))
+    assert code == 0, err
+    assert "1 image(s), 1 ok, 0 error(s)" in out
 
 
 def test_edge_cli_typo_exits_2_with_a_hint(tmp_path, subprocess_env):
@@ -131,7 +144,7 @@ def test_edge_cli_says_when_a_folder_has_no_images(tmp_path, tiny_bundle, subpro
     proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(folder), "--model", tiny_bundle.root],
                             env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "no image files (jpg, jpeg, png, bmp, tif, tiff) found" in err.decode()
 
 
@@ -144,5 +157,14 @@ def test_edge_cli_reports_an_unwritable_results_path(tmp_path, tiny_bundle, scre
                             env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert "cannot open the ledger" in err.decode() and str(blocker / "out.csv") in err.decode()
+    assert "results output" in err.decode() and str(blocker / "out.csv") in err.decode()
+    assert "ledger" not in err.decode()  # says which of the two was at fault
     assert b"Traceback" not in err
+    # no orphan, never-finished run was left in the ledger
+    ledger = os.path.join(subprocess_env["RETINA_EDGE_HOME"], "ledger.db")
+    if os.path.exists(ledger):
+        conn = sqlite3.connect(ledger)
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        finally:
+            conn.close()

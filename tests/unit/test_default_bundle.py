@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from conftest import LABELS, REPO_ROOT
+from conftest import LABELS, REPO_ROOT, Collect
 from edge.backends import create_backend
 from edge.pipeline import Pipeline
-from edge.sources import ImageFiles
+from edge.io.sources import ImageFiles
+from edge.io.uri import parse_input
 from models.bundle import default_bundle_dir, load_bundle
 
 BUNDLE_DIR = default_bundle_dir()
@@ -70,8 +71,10 @@ def test_samples_are_held_out_images():
 
 def test_device_reproduces_the_recorded_held_out_accuracy(bundle, fundus_dir):
     rows = split_rows("test")
-    source = ImageFiles([os.path.join(fundus_dir, r["path"]) for r in rows], fundus_dir)
-    results = Pipeline(bundle, create_backend("onnxruntime", bundle)).run(source)
+    source = ImageFiles(parse_input(fundus_dir), paths=[os.path.join(fundus_dir, r["path"]) for r in rows])
+    collect = Collect()
+    Pipeline(bundle, create_backend("onnxruntime", bundle), [collect]).run(source)
+    results = collect.results
     assert [r.status for r in results] == ["ok"] * len(rows)
     correct = sum(r.label == row["label"] for r, row in zip(results, rows))
     recorded = bundle.manifest["metrics"]["test"]["accuracy"] * len(rows)

@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="training/ is workstation-only: needs torch")
 
 from conftest import CATARACT_JPG, DR_JPEG, GLAUCOMA_AUGMENTED, GLAUCOMA_PNG, NORMAL_BORDERED  # noqa: E402
-from edge.preprocess import preprocess, read_image  # noqa: E402
+from edge.io.decode import read_image
+from edge.preprocess import preprocess  # noqa: E402
 from training import data as datalib  # noqa: E402
 from training import engine  # noqa: E402
 from training.recipe import make_spec  # noqa: E402

@@ -38,9 +38,10 @@ def test_edge_and_models_import_without_torch_timm_or_training(subprocess_env):
     report = json.loads(out.decode().strip().splitlines()[-1])
     assert report["leaked"] == [], "edge/models pulled in {}".format(report["leaked"])
     imported = set(report["imported"])
-    for name in ("edge", "edge.cli", "edge.cliutil", "edge.preprocess", "edge.sources", "edge.pipeline",
-                 "edge.sinks", "edge.ledger", "edge.profiler", "edge.postprocess", "edge.backends",
-                 "edge.backends.ort", "models", "models.bundle"):
+    for name in ("edge", "edge.cli", "edge.cliutil", "edge.commands", "edge.commands.run", "edge.preprocess",
+                 "edge.io.decode", "edge.io.uri", "edge.io.sources", "edge.io.outputs", "edge.pipeline",
+                 "edge.records", "edge.home", "edge.ledger", "edge.profiling.profiler", "edge.postprocess",
+                 "edge.backends", "edge.backends.ort", "models", "models.bundle"):
         assert name in imported
     # every .py file under edge/ and models/ was covered
     on_disk = 0

@@ -1,4 +1,4 @@
-"""edge/sources.py + pipeline + sinks + ledger on real images and bad files (Python 3.6, no torch).
+"""edge/io (sources, outputs) + pipeline + ledger on real images and bad files (Python 3.6, no torch).
 
 The network is tests/data/tiny4.onnx run by ONNX Runtime: a real model, four outputs.
 """
@@ -11,16 +11,18 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import LABELS
+from conftest import LABELS, Collect
 from edge.backends import BackendError, create_backend
+from edge.io.decode import decode_image
+from edge.io.outputs import ConsoleOutput, LedgerOutput, OutputError, open_output
+from edge.io.sources import SourceError, list_images, open_source
 from edge.ledger import Ledger
-from edge.pipeline import Pipeline, Result
-from edge.profiler import STAGES, Profiler
-from edge.sinks import ConsoleSink, CsvSink, LedgerSink
-from edge.sources import Frame, SourceError, list_images, open_source
+from edge.pipeline import Pipeline
+from edge.profiling.profiler import STAGES
+from edge.records import Frame, Result
 
 CSV_HEADER = ["path", "label", "confidence", "p_cataract", "p_diabetic_retinopathy", "p_glaucoma", "p_normal",
-              "status", "error", "latency_ms"]
+              "status", "error", "latency_ms", "modality"]
 
 
 def read_csv(path):
@@ -40,7 +42,7 @@ def test_folder_source_lists_images_recursively_sorted_and_skips_others(screen_f
     with open(os.path.join(folder, ".thumbs", "t.jpg"), "wb") as f:
         f.write(b"x")
     source = open_source(folder)
-    assert len(source) == 6
+    assert len(source) == 6 and source.count() == 6
     assert sorted(source.paths) == sorted(good + bad)
     assert list_images(folder) == source.paths
     # files of the top folder come sorted, then those of the subfolder
@@ -49,30 +51,38 @@ def test_folder_source_lists_images_recursively_sorted_and_skips_others(screen_f
     assert source.paths[-1].endswith(os.path.join("sub", "c_glaucoma.png"))
 
 
-def test_bad_files_become_error_frames_naming_the_file(screen_folder):
+def test_file_frames_carry_bytes_and_identity_and_decoding_is_separate(screen_folder):
     folder, good, bad = screen_folder
     frames = dict((f.source_id, f) for f in open_source(folder))
     assert set(frames) == set(good + bad)
+    for path in good + bad:
+        frame = frames[path]
+        assert frame.error == "" and frame.image is None  # sources read; the pipeline decodes
+        assert frame.meta["path"] == path and frame.meta["size_bytes"] == os.path.getsize(path)
+        assert frame.meta["mtime_ns"] == os.stat(path).st_mtime_ns
     for path in good:
-        frame = frames[path]
-        assert frame.error == ""
-        assert frame.image.dtype == np.uint8 and frame.image.ndim == 3 and frame.image.shape[2] == 3
-    for path in bad:
-        frame = frames[path]
-        assert frame.image is None, "{} decoded to an image".format(path)
-        assert frame.error.startswith("capture: ")
-        assert path in frame.error
-    assert "empty file" in frames[bad[0]].error  # sorted: empty.jpg, notes.jpg, truncated.jpg
+        image = decode_image(frames[path].data, path)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
 
-def test_truncated_jpeg_is_refused(screen_folder):
+def test_an_unreadable_file_is_an_error_frame_naming_it(tmp_path, screen_folder):
+    folder, good, _ = screen_folder
+    source = open_source(folder)
+    os.remove(good[0])  # deleted between listing and reading
+    frames = dict((f.source_id, f) for f in source)
+    assert frames[good[0]].data is None
+    assert frames[good[0]].error.startswith("capture: {}: cannot read file".format(good[0]))
+
+
+def test_truncated_jpeg_is_refused(tiny_bundle, screen_folder):
     """A JPEG cut in half must be an error, not a half-grey image screened as if it were whole."""
     folder, _, _ = screen_folder
     path = os.path.join(folder, "truncated.jpg")
-    (frame,) = list(open_source(path))
-    assert frame.image is None, "half a JPEG decoded to a {} image without an error".format(
-        getattr(frame.image, "shape", None))
-    assert path in frame.error
+    collect = Collect()
+    Pipeline(tiny_bundle, create_backend("onnxruntime", tiny_bundle), [collect]).run(open_source(path))
+    (result,) = collect.results
+    assert result.status == "error" and result.error.startswith("decode: " + path)
+    assert "truncated JPEG" in result.error
 
 
 def test_single_file_source_and_refusals(tmp_path, screen_folder):
@@ -81,9 +91,12 @@ def test_single_file_source_and_refusals(tmp_path, screen_folder):
     assert len(source) == 1 and [f.source_id for f in source] == [good[0]]
     with pytest.raises(SourceError, match="no such file or folder"):
         open_source(str(tmp_path / "missing"))
-    for uri in ("csi://0", "/dev/video0", "rtsp://camera/stream", "clinic.mp4", "scan.dcm"):
-        with pytest.raises(SourceError, match="not supported yet"):
-            open_source(uri)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="no image files"):
+        open_source(str(empty))
+    with pytest.raises(SourceError, match="unknown input scheme 'ftp://'"):
+        open_source("ftp://host/x.jpg")
 
 
 # --- backend -------------------------------------------------------------------------------------------
@@ -93,8 +106,11 @@ def test_onnxruntime_backend_runs_the_bundle(tiny_bundle):
     logits = backend.infer(np.zeros((2, 3, 32, 32), np.float32))
     assert logits.shape == (2, 4) and logits.dtype == np.float32
     assert "onnxruntime" in backend.describe() and "CPUExecutionProvider" in backend.describe()
-    with pytest.raises(BackendError, match="unknown backend 'tensorrt'"):
-        create_backend("tensorrt", tiny_bundle)
+    assert backend.precision == "fp32" and backend.make_preprocessor().name == "opencv"
+    with pytest.raises(BackendError, match="unknown backend 'tflite'"):
+        create_backend("tflite", tiny_bundle)
+    with pytest.raises(BackendError, match="has no int8 variant"):
+        create_backend("onnxruntime", tiny_bundle, precision="int8")
 
 
 def test_backend_refuses_a_manifest_input_name_the_model_lacks(tiny_bundle):
@@ -119,15 +135,21 @@ def test_run_screens_good_images_and_sets_bad_ones_aside(tmp_path, tiny_bundle, 
     ledger = Ledger(ledger_path)
     backend = create_backend("onnxruntime", tiny_bundle)
     run_id = ledger.start_run(folder, tiny_bundle, backend.describe())
-    sinks = [LedgerSink(ledger, run_id), CsvSink(csv_path, tiny_bundle.labels), ConsoleSink(console)]
-    pipeline = Pipeline(tiny_bundle, backend, sinks)
-    results = pipeline.run(open_source(folder))
-    for sink in sinks:
-        sink.close()
-    ledger.finish_run(run_id, {"images": len(results)})
+    collect = Collect()
+    outputs = [LedgerOutput(ledger, run_id), open_output(csv_path, tiny_bundle.labels), ConsoleOutput(console),
+               collect]
+    pipeline = Pipeline(tiny_bundle, backend, outputs)
+    stats = pipeline.run(open_source(folder))
+    for output in outputs:
+        output.close()
+    ledger.finish_run(run_id, stats.as_dict())
     ledger.close()
+    results = collect.results
 
     assert [r.path for r in results] == open_source(folder).paths
+    assert (stats.frames, stats.counts["ok"], stats.counts["error"], stats.interrupted) == (6, 3, 3, False)
+    assert [f.source_id for f in collect.frames] == [r.path for r in results]  # outputs get the frame too
+    assert all(f.image is not None for f, r in zip(collect.frames, results) if r.status == "ok")
     by_path = dict((r.path, r) for r in results)
     for path in good:
         r = by_path[path]
@@ -142,7 +164,7 @@ def test_run_screens_good_images_and_sets_bad_ones_aside(tmp_path, tiny_bundle, 
         r = by_path[path]
         assert r.status == "error", "{} was screened as if readable: {}".format(path, r)
         assert r.label is None and r.probs is None and r.latency_ms is None
-        assert path in r.error and r.error.startswith("capture: ")
+        assert path in r.error and r.error.startswith("decode: ")
 
     # the CSV: fixed columns, one row per file, probabilities for ok rows only
     rows = read_csv(csv_path)
@@ -189,19 +211,28 @@ def test_run_screens_good_images_and_sets_bad_ones_aside(tmp_path, tiny_bundle, 
     assert sum(line.startswith("ok ") for line in lines) == 3
     assert sum(line.startswith("error ") for line in lines) == 3
 
-    # the profiler saw every frame, and the network only for the good ones
+    # the profiler saw every frame, decoding for all, and the network only for the good ones
     summary = pipeline.profiler.summary()
     assert summary["capture"]["n"] == summary["output"]["n"] == summary["total"]["n"] == 6
+    assert summary["decode"]["n"] == 6
     assert summary["pre-process"]["n"] == summary["network"]["n"] == summary["post-process"]["n"] == 3
     assert pipeline.profiler.frames == 6
 
 
 class _FlakyBackend(object):
-    """Raises on the first call, then returns fixed logits."""
+    """Raises on the first call, then returns fixed logits; feeds from the host reference."""
 
     def __init__(self, width=4):
         self.calls = 0
         self.width = width
+
+    def make_preprocessor(self):
+        from edge.preprocess import HostPreprocessor
+        from conftest import _VALID_MANIFEST
+        return HostPreprocessor(_VALID_MANIFEST["preprocess"])
+
+    def last_times_ms(self):
+        return {}
 
     def infer(self, batch):
         self.calls += 1
@@ -213,12 +244,18 @@ class _FlakyBackend(object):
 def _frames(n):
     img = np.zeros((64, 64, 3), np.uint8)
     img[8:56, 8:56] = 150
-    return [Frame("frame{}.png".format(i), img, "") for i in range(n)]
+    return [Frame("frame{}.png".format(i), img) for i in range(n)]
+
+
+def run_frames(pipeline, frames):
+    collect = Collect()
+    pipeline.outputs.append(collect)
+    pipeline.run(frames)
+    return collect.results
 
 
 def test_a_network_failure_names_the_stage_and_the_run_goes_on(tiny_bundle):
-    pipeline = Pipeline(tiny_bundle, _FlakyBackend())
-    results = pipeline.run(_frames(3))
+    results = run_frames(Pipeline(tiny_bundle, _FlakyBackend()), _frames(3))
     assert [r.status for r in results] == ["error", "ok", "ok"]
     assert results[0].error == "network: frame0.png: RuntimeError: device lost"
     expected = np.exp(np.arange(4.0)) / np.exp(np.arange(4.0)).sum()
@@ -227,16 +264,16 @@ def test_a_network_failure_names_the_stage_and_the_run_goes_on(tiny_bundle):
 
 
 def test_a_preprocess_failure_names_the_stage(tiny_bundle):
-    bad = Frame("odd.png", np.zeros((4, 4), np.uint8), "")  # 2-D: not an RGB image
+    bad = Frame("odd.png", np.zeros((4, 4), np.uint8))  # 2-D: not an RGB image
     result = Pipeline(tiny_bundle, _FlakyBackend()).process(bad)
     assert result.status == "error"
     assert result.error.startswith("pre-process: odd.png: ")
 
 
 def test_temperature_softens_probabilities(tiny_bundle):
-    cold = Pipeline(tiny_bundle, _FlakyBackend()).run(_frames(2))[1]
+    cold = run_frames(Pipeline(tiny_bundle, _FlakyBackend()), _frames(2))[1]
     tiny_bundle.manifest["postprocess"]["temperature"] = 4.0
-    warm = Pipeline(tiny_bundle, _FlakyBackend()).run(_frames(2))[1]
+    warm = run_frames(Pipeline(tiny_bundle, _FlakyBackend()), _frames(2))[1]
     assert warm.label == cold.label
     assert warm.confidence < cold.confidence
     expected = np.exp(np.arange(4.0) / 4) / np.exp(np.arange(4.0) / 4).sum()
@@ -245,8 +282,8 @@ def test_temperature_softens_probabilities(tiny_bundle):
 
 def test_logits_not_matching_the_labels_are_an_error_row_not_a_crash(tmp_path, tiny_bundle):
     csv_path = str(tmp_path / "r.csv")
-    sink = CsvSink(csv_path, tiny_bundle.labels)
-    results = Pipeline(tiny_bundle, _FlakyBackend(width=3), [sink]).run(_frames(3))
+    sink = open_output(csv_path, tiny_bundle.labels)
+    results = run_frames(Pipeline(tiny_bundle, _FlakyBackend(width=3), [sink]), _frames(3))
     sink.close()
     assert [r.status for r in results] == ["error", "error", "error"]
     assert len(read_csv(csv_path)) == 4
@@ -254,24 +291,32 @@ def test_logits_not_matching_the_labels_are_an_error_row_not_a_crash(tmp_path, t
 
 def test_csv_rows_are_on_disk_before_the_sink_is_closed(tmp_path):
     path = str(tmp_path / "deep" / "er" / "r.csv")
-    sink = CsvSink(path, LABELS)
+    sink = open_output(path, LABELS)
     probs = dict((lab, 0.25) for lab in LABELS)
-    sink.write(Result("a.jpg", "ok", "normal", 0.25, probs, "", 1.5))
-    sink.write(Result("b.jpg", "error", None, None, None, "capture: b.jpg: empty file (0 bytes)", None))
+    sink.write(Frame("a.jpg", meta={"modality": "fundus"}), Result("a.jpg", "ok", "normal", 0.25, probs, "", 1.5))
+    sink.write(Frame("b.jpg"), Result("b.jpg", "error", error="decode: b.jpg: empty file (0 bytes)"))
     rows = read_csv(path)  # still open: the rows must already be flushed
     sink.close()
     assert rows == [CSV_HEADER,
                     ["a.jpg", "normal", "0.250000", "0.250000", "0.250000", "0.250000", "0.250000", "ok", "",
-                     "1.500"],
-                    ["b.jpg", "", "", "", "", "", "", "error", "capture: b.jpg: empty file (0 bytes)", ""]]
+                     "1.500", "fundus"],
+                    ["b.jpg", "", "", "", "", "", "", "error", "decode: b.jpg: empty file (0 bytes)", "", ""]]
+    # a second run appends under the same header; a file with other columns is refused, not mixed
+    again = open_output(path, LABELS)
+    again.write(Frame("c.jpg"), Result("c.jpg", "error", error="x"))
+    again.close()
+    assert [r[0] for r in read_csv(path)] == ["path", "a.jpg", "b.jpg", "c.jpg"]
+    with pytest.raises(OutputError, match="exists with other columns"):
+        open_output(path, LABELS[:3])
 
 
 def test_console_sink_errors_only():
     out = io.StringIO()
-    sink = ConsoleSink(out, errors_only=True)
-    sink.write(Result("a.jpg", "ok", "normal", 0.9, {"normal": 0.9}, "", 1.0))
-    sink.write(Result("b.jpg", "error", None, None, None, "capture: b.jpg: broken", None))
-    assert out.getvalue() == "error  capture: b.jpg: broken\n"
+    sink = ConsoleOutput(out, errors_only=True)
+    sink.write(Frame("a.jpg"), Result("a.jpg", "ok", "normal", 0.9, {"normal": 0.9}, "", 1.0))
+    sink.write(Frame("b.jpg"), Result("b.jpg", "error", error="capture: b.jpg: broken"))
+    sink.write(Frame("c.png"), Result("c.png", "ungradable", error="too dark"))
+    assert out.getvalue() == "error  capture: b.jpg: broken\nungradable c.png: too dark\n"
 
 
 def test_ledger_keeps_runs_apart_and_rows_committed_as_written(tmp_path, tiny_bundle):
@@ -303,5 +348,5 @@ def test_ledger_keeps_runs_apart_and_rows_committed_as_written(tmp_path, tiny_bu
 
 
 def test_stage_names_are_the_fixed_set():
-    assert STAGES == ("capture", "pre-process", "network", "post-process", "output", "total")
-    assert set(Profiler().samples_ms) == set(STAGES)
+    assert STAGES == ("capture", "decode", "pre-process", "host-to-device", "network", "device-to-host",
+                      "post-process", "output", "total")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import CATARACT_JPG, DR_JPEG, GLAUCOMA_AUGMENTED, GLAUCOMA_PNG, NORMAL_BORDERED
-from edge.preprocess import (ImageError, decode_image, find_fundus_disc, normalize, pad_square, prepare,
-                             preprocess, read_image, region_of_interest, to_rgb8)
+from edge.io.decode import ImageError, decode_image, read_image, to_rgb8
+from edge.preprocess import find_fundus_disc, normalize, pad_square, prepare, preprocess, region_of_interest
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

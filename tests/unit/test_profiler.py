@@ -1,9 +1,9 @@
-"""edge/profiler.py: percentile math, fixed stage names, frame accounting (fake clock, no timing asserts)."""
+"""edge/profiling/profiler.py: percentile math, fixed stage names, frame accounting (fake clock, no timing asserts)."""
 import math
 
 import pytest
 
-from edge.profiler import STAGES, Profiler, percentile
+from edge.profiling.profiler import STAGES, Profiler, StageTimes, percentile
 
 
 class FakeClock(object):
@@ -39,31 +39,36 @@ def test_percentile_of_nothing_is_nan_and_input_is_not_modified():
 
 
 def test_only_known_stages_can_be_timed():
-    prof = Profiler()
-    for name in STAGES[:-1]:
-        prof.stage(name)
+    times = StageTimes()
+    for name in STAGES:
+        times.stage(name)
     with pytest.raises(ValueError, match="unknown stage 'inference'"):
-        prof.stage("inference")
-    with pytest.raises(ValueError):
-        prof.stage("total")  # total is measured per frame, not as a stage
+        times.stage("inference")
+    with pytest.raises(ValueError, match="unknown stage 'preprocess'"):
+        Profiler().add_frame({"preprocess": 1.0})
 
 
-def test_stages_frames_and_summary_with_a_fake_clock():
-    # frame 1: begin 0.0, pre-process 0.0->0.010, network 0.010->0.040, end 0.050
-    # frame 2: begin 0.100, pre-process 0.100->0.120, network 0.120->0.130, end 0.200
-    clock = FakeClock([0.0, 0.0, 0.010, 0.010, 0.040, 0.050,
-                       0.100, 0.100, 0.120, 0.120, 0.130, 0.200])
-    prof = Profiler(clock=clock)
-    for _ in range(2):
-        prof.begin_frame()
-        with prof.stage("pre-process"):
-            pass
-        with prof.stage("network"):
-            pass
-        prof.end_frame()
+def test_stage_times_add_up_per_frame_with_a_fake_clock():
+    times = StageTimes(clock=FakeClock([0.0, 0.010, 0.020, 0.025, 1.0, 1.5]))
+    with times.stage("decode"):
+        pass
+    with times.stage("decode"):  # a stage timed twice for one frame adds up
+        pass
+    assert times.times_ms == pytest.approx({"decode": 15.0})
+    with pytest.raises(KeyError):
+        with times.stage("network"):
+            raise KeyError("boom")
+    assert times.times_ms["network"] == pytest.approx(500.0)  # a stage that raises is still recorded
+
+
+def test_frames_summary_and_throughput_with_a_fake_clock():
+    # start at 0.0; frames arrive at 0.1 and 0.2 s
+    prof = Profiler(clock=FakeClock([0.0, 0.1, 0.2]))
+    prof.start()
+    prof.add_frame({"pre-process": 10.0, "network": 30.0, "total": 50.0})
+    prof.add_frame({"pre-process": 20.0, "network": 10.0, "total": 100.0})
     assert prof.frames == 2
     assert prof.samples_ms["pre-process"] == pytest.approx([10.0, 20.0])
-    assert prof.samples_ms["network"] == pytest.approx([30.0, 10.0])
     assert prof.samples_ms["total"] == pytest.approx([50.0, 100.0])
     assert prof.images_per_s() == pytest.approx(2 / 0.2)
     summary = prof.summary()
@@ -75,14 +80,20 @@ def test_stages_frames_and_summary_with_a_fake_clock():
     assert [line.split()[0] for line in report[1:]] == ["pre-process", "network", "total"]
 
 
-def test_a_stage_that_raises_is_still_recorded():
-    prof = Profiler(clock=FakeClock([1.0, 1.5]))
-    with pytest.raises(KeyError):
-        with prof.stage("network"):
-            raise KeyError("boom")
-    assert prof.samples_ms["network"] == pytest.approx([500.0])
+def test_warm_up_frames_are_left_out_and_move_the_window():
+    # start 0.0; two warm-up frames at 5.0 and 6.0 (slow first runs), then frames at 6.5 and 7.0
+    prof = Profiler(clock=FakeClock([0.0, 5.0, 6.0, 6.5, 7.0]), warmup=2)
+    prof.start()
+    for ms in (4000.0, 900.0, 10.0, 12.0):
+        prof.add_frame({"network": ms})
+    assert prof.frames == 2
+    assert prof.samples_ms["network"] == pytest.approx([10.0, 12.0])
+    assert prof.images_per_s() == pytest.approx(2 / 1.0)  # window opens at the last warm-up frame
 
 
 def test_no_frames_means_zero_images_per_second():
     assert Profiler().images_per_s() == 0.0
     assert Profiler().summary() == {}
+    prof = Profiler(warmup=3)
+    prof.add_frame({"network": 1.0})
+    assert prof.frames == 0 and prof.images_per_s() == 0.0

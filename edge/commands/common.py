@@ -1,0 +1,56 @@
+"""Options and exit codes shared by the verbs. Standard library only."""
+import os
+import sys
+
+# Exit codes (documented in the README and in `retina-edge --help`)
+EXIT_OK = 0            # every input screened (ok, or a deliberate skipped / ungradable verdict)
+EXIT_SET_ASIDE = 1     # the run finished, but some inputs were set aside with an error
+EXIT_USAGE = 2         # usage or setup error: bad option, bundle, input, output, backend; nothing screened
+EXIT_SIGINT = 130      # stopped by Ctrl-C (SIGINT) after the frame in flight, outputs flushed
+EXIT_SIGTERM = 143     # stopped by SIGTERM (e.g. systemd, docker stop), outputs flushed
+
+EXIT_CODES_HELP = """exit codes:
+  0    every input screened (ok, skipped or ungradable)
+  1    finished, but some inputs were set aside with an error (see the error column)
+  2    usage or setup error (option, bundle, input, output, backend): nothing screened
+  130  stopped by Ctrl-C, 143 stopped by SIGTERM: partial results kept and the summary written
+"""
+
+
+def add_model_option(p):
+    p.add_argument("--model", metavar="BUNDLE", default=None,
+                   help="model bundle folder, or its bundle.json / model.onnx (default: the shipped bundle)")
+
+
+def add_backend_options(p, default_backend="auto"):
+    from_choices = ("auto", "tensorrt", "onnxruntime")
+    p.add_argument("--backend", default=default_backend, choices=from_choices,
+                   help="inference backend: auto = TensorRT where it imports and a GPU is present, else "
+                        "ONNX Runtime (default %(default)s)")
+    p.add_argument("--precision", default="best", choices=("fp32", "fp16", "int8", "best"),
+                   help="network precision; with ONNX Runtime int8/fp16 run the bundle's INT8 Q/DQ and FP16 "
+                        "variants, best = fp32 (default %(default)s)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for ONNX Runtime (default 0: its own choice)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="engine, timing and calibration caches (default $RETINA_EDGE_HOME or ~/.retina-edge)")
+
+
+def backend_options(args):
+    """The backend keyword options from parsed ``args``."""
+    return {"precision": args.precision, "threads": args.threads, "cache_dir": args.cache_dir,
+            "batch": getattr(args, "batch", 1) or 1, "workspace_mb": getattr(args, "workspace", None)}
+
+
+def bundle_dir(model):
+    """--model may name the bundle folder or a file inside it (bundle.json, model.onnx)."""
+    from models.bundle import default_bundle_dir
+    if not model:
+        return default_bundle_dir()
+    return os.path.dirname(os.path.abspath(model)) if os.path.isfile(model) else model
+
+
+def fail(verb, message, code=EXIT_USAGE, stream=None):
+    """Print one error line naming the verb; return ``code``."""
+    (stream or sys.stderr).write("retina-edge {}: error: {}\n".format(verb, message))
+    return code

@@ -1,0 +1,39 @@
+"""Where retina-edge keeps its state: one folder, ``$RETINA_EDGE_HOME`` or ``~/.retina-edge``.
+
+    ledger.db           the results ledger (SQLite, WAL)
+    engines/            TensorRT engines, keyed by everything that makes them non-portable
+    timing/             TensorRT timing caches, one per TensorRT version
+    calibration/        INT8 calibration caches
+
+Nothing else in ``edge/`` builds these paths. A ``--cache-dir`` given on the
+command line replaces ``engines/``, ``timing/`` and ``calibration/``' parent.
+Folders are created when first written, never at import.
+"""
+import os
+
+ENV = "RETINA_EDGE_HOME"
+
+
+def home():
+    return os.environ.get(ENV) or os.path.join(os.path.expanduser("~"), ".retina-edge")
+
+
+def ledger_path():
+    return os.path.join(home(), "ledger.db")
+
+
+def cache_root(cache_dir=None):
+    """The folder holding engines/, timing/ and calibration/."""
+    return cache_dir or home()
+
+
+def engine_dir(cache_dir=None):
+    return os.path.join(cache_root(cache_dir), "engines")
+
+
+def timing_cache_dir(cache_dir=None):
+    return os.path.join(cache_root(cache_dir), "timing")
+
+
+def calibration_dir(cache_dir=None):
+    return os.path.join(cache_root(cache_dir), "calibration")

@@ -1,0 +1,1 @@
+"""Everything that crosses the device's edge: URIs, decoding, sources in, outputs out."""

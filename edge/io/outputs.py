@@ -1,0 +1,185 @@
+"""Outputs chosen by URI through a scheme -> class registry. Each receives every Frame with its Result.
+
+An output class takes ``(uri, labels, options)`` and offers ``write(frame, result)``
+and ``close()``. ``write`` must leave what it wrote on disk (flushed) before it
+returns, so a killed run keeps well-formed files. The ledger is not in this
+table: every run writes to it (``edge.ledger``) and ``LedgerOutput`` adapts it.
+"""
+import csv
+import importlib
+import io
+import json
+import os
+import sys
+
+from edge.io.uri import UriError, parse_output
+
+# scheme -> (module, class)
+OUTPUTS = {
+    "csv": ("edge.io.outputs", "CsvOutput"),
+    "jsonl": ("edge.io.outputs", "JsonlOutput"),
+    "null": ("edge.io.outputs", "NullOutput"),
+}
+
+NOT_YET = {"display": "a display window", "images": "folders of annotated images"}
+
+
+class OutputError(ValueError):
+    """An output that cannot be opened; the message names it and says why."""
+
+
+class Output(object):
+    def __init__(self, uri, labels, options=None):
+        self.uri = uri
+        self.labels = list(labels)
+        self.options = dict(uri.options)
+        self.options.update(options or {})
+
+    def write(self, frame, result):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return self.uri.text
+
+
+def _ensure_parent(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+
+
+def _fmt(value, spec):
+    return "" if value is None else spec.format(value)
+
+
+class CsvOutput(Output):
+    """One row per frame: path, label, confidence, p_<class>..., status, error, latency_ms, modality.
+
+    Appends to an existing file with the same columns (runs accumulate, as in the
+    ledger); a file with other columns is refused rather than mixed. Each row is
+    flushed as it is written.
+    """
+
+    def __init__(self, uri, labels, options=None):
+        super(CsvOutput, self).__init__(uri, labels, options)
+        self.path = uri.path
+        self.header = (["path", "label", "confidence"] + ["p_" + l for l in self.labels]
+                       + ["status", "error", "latency_ms", "modality"])
+        existing = self._existing_header()
+        _ensure_parent(self.path)
+        self.file = io.open(self.path, "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.file)
+        if existing is None:
+            self.writer.writerow(self.header)
+            self.file.flush()
+
+    def _existing_header(self):
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
+            return None
+        with io.open(self.path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+        if header != self.header:
+            raise OutputError("{}: exists with other columns ({}); give a new file or move it away".format(
+                self.path, ",".join(header or [])))
+        return header
+
+    def write(self, frame, r):
+        probs = [_fmt(r.probs.get(l) if r.probs else None, "{:.6f}") for l in self.labels]
+        self.writer.writerow([r.path, r.label or "", _fmt(r.confidence, "{:.6f}")] + probs
+                             + [r.status, r.error, _fmt(r.latency_ms, "{:.3f}"), frame.meta.get("modality", "")])
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class JsonlOutput(Output):
+    """One JSON object per line and frame; flushed per line."""
+
+    def __init__(self, uri, labels, options=None):
+        super(JsonlOutput, self).__init__(uri, labels, options)
+        _ensure_parent(uri.path)
+        self.file = io.open(uri.path, "a", encoding="utf-8")
+
+    def write(self, frame, r):
+        record = r._asdict()
+        meta = dict((k, v) for k, v in frame.meta.items() if isinstance(v, (str, int, float, bool, type(None))))
+        record["meta"] = meta
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class NullOutput(Output):
+    def write(self, frame, result):
+        pass
+
+
+class ConsoleOutput(object):
+    """One line per frame on the console (--quiet keeps only the problems).
+
+    Paths under the working folder are shown relative to it; files and the
+    ledger keep them absolute.
+    """
+
+    def __init__(self, stream=None, errors_only=False):
+        self.stream = stream or sys.stdout
+        self.errors_only = errors_only
+        self.cwd = os.getcwd() + os.sep
+
+    def short(self, text):
+        return text.replace(self.cwd, "")
+
+    def write(self, frame, r):
+        if r.status == "ok":
+            if self.errors_only:
+                return
+            line = "ok     {:<22} {:6.1%}  {}".format(r.label, r.confidence, self.short(r.path))
+        elif r.status == "error":
+            line = "error  {}".format(self.short(r.error))
+        else:
+            line = "{} {}: {}".format(r.status, self.short(r.path), r.error)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        pass
+
+
+class LedgerOutput(object):
+    """Commits each result to the run's ledger before the frame counts as done."""
+
+    def __init__(self, ledger, run_id):
+        self.ledger, self.run_id = ledger, run_id
+
+    def write(self, frame, r):
+        self.ledger.add_result(self.run_id, r, frame.meta)
+
+    def close(self):
+        pass
+
+
+def open_output(text, labels, options=None):
+    """Open the output URI ``text`` (see edge.io.uri); raises OutputError naming it."""
+    try:
+        uri = parse_output(text)
+    except UriError as exc:
+        raise OutputError(str(exc))
+    if uri.scheme in NOT_YET and uri.scheme not in OUTPUTS:
+        raise OutputError("{}: {} are not supported yet by this build".format(text, NOT_YET[uri.scheme]))
+    if uri.scheme not in OUTPUTS:
+        raise OutputError("{}: {} is written with --ledger, not as an output".format(text, uri.scheme))
+    module_name, class_name = OUTPUTS[uri.scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OutputError("{}: needs a package that is not installed: {}".format(text, exc))
+    try:
+        return getattr(module, class_name)(uri, labels, options)
+    except (IOError, OSError) as exc:
+        raise OutputError("{}: cannot open for writing: {}".format(uri.path or text, exc))

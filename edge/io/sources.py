@@ -1,0 +1,140 @@
+"""Sources chosen by URI through a scheme -> class registry. Each is an iterable of Frames.
+
+Reading a frame (file bytes, a camera grab) is the *capture* stage; turning
+bytes into pixels is the pipeline's *decode* stage (``edge.io.decode``). A
+frame that could not be read carries its error instead of data, so one bad
+file never stops a run.
+
+A source class takes ``(uri, options)`` and offers ``__iter__``, ``close()``,
+``describe()``, ``count()`` (the number of frames when known before the
+run, else None), ``live`` (True for cameras and streams: the newest frame
+wins) and ``done(frame, result)``, called once the frame's result is
+committed (a watched folder remembers it then).
+"""
+import importlib
+import os
+
+from edge.io.decode import IMAGE_SUFFIXES
+from edge.io.uri import UriError, parse_input
+from edge.records import Frame
+
+# scheme -> (module, class); imported only when chosen, so a missing package fails only its own scheme
+SOURCES = {
+    "image": ("edge.io.sources", "ImageFiles"),
+    "folder": ("edge.io.sources", "Folder"),
+}
+
+# schemes the URI parser knows whose source is not in this build: refused with a clear line
+NOT_YET = {
+    "csi": "CSI cameras", "v4l2": "V4L2 cameras", "rtsp": "RTSP streams", "rtp": "RTP streams",
+    "http": "HTTP streams", "https": "HTTP streams", "video": "video files", "dicom": "DICOM files",
+    "watch": "watched folders",
+}
+
+
+class SourceError(ValueError):
+    """A source URI that cannot be opened at all; the message says what to install or check."""
+
+
+class Source(object):
+    """Base: a finite, non-live source that needs nothing on completion."""
+    live = False
+
+    def __init__(self, uri, options=None):
+        self.uri = uri
+        self.options = dict(uri.options)
+        self.options.update(options or {})
+
+    def count(self):
+        return None
+
+    def done(self, frame, result):
+        pass
+
+    def close(self):
+        pass
+
+    def describe(self):
+        n = self.count()
+        return "{} ({})".format(self.uri.text, "{} file(s)".format(n) if n is not None else self.uri.scheme)
+
+
+def read_file_frame(path, index=None):
+    """A Frame holding the bytes of ``path`` (the capture stage); an unreadable file is an error frame."""
+    path = os.path.abspath(path)
+    meta = {"path": path}
+    if index is not None:
+        meta["index"] = index
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except (IOError, OSError) as exc:
+        return Frame(path, error="capture: {}: cannot read file ({})".format(path, exc), meta=meta)
+    meta.update(size_bytes=len(data), mtime_ns=st.st_mtime_ns)
+    return Frame(path, data=data, meta=meta)
+
+
+class ImageFiles(Source):
+    """Frames from a list of image files, read one at a time (constant memory)."""
+
+    def __init__(self, uri, options=None, paths=None):
+        super(ImageFiles, self).__init__(uri, options)
+        if paths is None:
+            if not os.path.isfile(uri.path):
+                raise SourceError("{}: no such file or folder".format(uri.path))
+            paths = [uri.path]
+        self.paths = [os.path.abspath(p) for p in paths]
+
+    def count(self):
+        return len(self.paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __iter__(self):
+        for path in self.paths:
+            yield read_file_frame(path)
+
+
+class Folder(ImageFiles):
+    """One pass over the image files under a folder, recursively, sorted."""
+
+    def __init__(self, uri, options=None):
+        if not os.path.isdir(uri.path):
+            raise SourceError("{}: no such folder".format(uri.path))
+        super(Folder, self).__init__(uri, options, paths=list_images(uri.path))
+        if not self.paths:
+            raise SourceError("{}: no image files ({}) found".format(
+                uri.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)))
+
+
+def list_images(folder, suffixes=IMAGE_SUFFIXES):
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(suffixes):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def open_source(text, options=None):
+    """Open the input URI ``text`` (see edge.io.uri) as a Source; raises SourceError naming it."""
+    try:
+        uri = parse_input(text)
+    except UriError as exc:
+        raise SourceError(str(exc))
+    if uri.scheme in NOT_YET and uri.scheme not in SOURCES:
+        raise SourceError("{}: {} are not supported yet by this build; give an image file or a folder of "
+                          "images".format(text, NOT_YET[uri.scheme]))
+    if uri.scheme == "image" and not os.path.exists(uri.path):
+        raise SourceError("{}: no such file or folder".format(uri.path))
+    module_name, class_name = SOURCES[uri.scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError("{}: {} need a package that is not installed: {}".format(
+            text, uri.scheme, exc))
+    return getattr(module, class_name)(uri, options)

@@ -1,0 +1,92 @@
+"""edge/ledger.py: schema version 2, the new statuses, file identity per row, and migrating a version-1 ledger."""
+import json
+import sqlite3
+
+import pytest
+
+from edge.ledger import SCHEMA_VERSION, Ledger
+from edge.records import Result
+
+# The version-1 schema exactly as the walking skeleton wrote it (edge/ledger.py at commit 92c88db).
+V1_SCHEMA = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, source TEXT NOT NULL,
+    bundle_name TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, backend TEXT NOT NULL,
+    images INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, summary TEXT);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs(id), path TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')), label TEXT, confidence REAL, probs TEXT,
+    error TEXT NOT NULL DEFAULT '', latency_ms REAL, created_at TEXT NOT NULL);
+CREATE INDEX results_run ON results(run_id);
+INSERT INTO runs (started_at, finished_at, source, bundle_name, bundle_sha256, backend, images, errors)
+    VALUES ('2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', '/data', 'b', 'abc', 'onnxruntime', 2, 1);
+INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at)
+    VALUES (1, 'scans/a.jpg', 'ok', 'normal', 0.9, '{"normal": 0.9}', '', 3.5, '2026-01-01T00:00:10Z');
+INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at)
+    VALUES (1, 'scans/b.jpg', 'error', NULL, NULL, NULL, 'capture: scans/b.jpg: empty file', NULL,
+            '2026-01-01T00:00:11Z');
+"""
+
+
+def test_every_status_and_the_frame_identity_are_stored(tmp_path, tiny_bundle):
+    path = str(tmp_path / "l.db")
+    ledger = Ledger(path)
+    run = ledger.start_run("/data", tiny_bundle, "fake")
+    meta = {"path": "/data/a.dcm", "size_bytes": 1234, "mtime_ns": 1700000000123456789, "index": 3,
+            "modality": "oct"}
+    ledger.add_result(run, Result("/data/a.dcm#3", "skipped", error="an oct image; this model screens fundus"),
+                      meta)
+    ledger.add_result(run, Result("/data/b.jpg", "ungradable", error="too dark"), {"path": "/data/b.jpg"})
+    ledger.add_result(run, Result("/data/c.jpg", "ok", "normal", 0.8, {"normal": 0.8}, "", 2.0))
+    ledger.add_result(run, Result("/data/d.jpg", "error", error="decode: /data/d.jpg: bad"))
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.add_result(run, Result("/data/e.jpg", "maybe"))
+    ledger.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        rows = conn.execute("SELECT path, status, file, size_bytes, mtime_ns, frame_index, modality FROM results"
+                            " ORDER BY id").fetchall()
+        assert rows[0] == ("/data/a.dcm#3", "skipped", "/data/a.dcm", 1234, 1700000000123456789, 3, "oct")
+        assert [r[1] for r in rows] == ["skipped", "ungradable", "ok", "error"]
+        # the refused row rolled back whole: counters match the rows
+        assert conn.execute("SELECT images, errors FROM runs").fetchone() == (4, 1)
+    finally:
+        conn.close()
+
+
+def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path, tiny_bundle):
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.commit()
+    conn.close()
+
+    ledger = Ledger(path)
+    run = ledger.start_run("/data2", tiny_bundle, "fake")
+    ledger.add_result(run, Result("/data2/x.jpg", "ungradable", error="blurred"))
+    ledger.close()
+    Ledger(path).close()  # opening again is a no-op
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        rows = conn.execute("SELECT id, run_id, path, status, label, probs, error, file FROM results ORDER BY id"
+                            ).fetchall()
+        assert rows[:2] == [(1, 1, "scans/a.jpg", "ok", "normal", '{"normal": 0.9}', "", None),
+                            (2, 1, "scans/b.jpg", "error", None, None, "capture: scans/b.jpg: empty file", None)]
+        assert rows[2][1:4] == (2, "/data2/x.jpg", "ungradable")
+        assert json.loads(rows[0][5]) == {"normal": 0.9}
+        indexes = set(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'"))
+        assert {"results_run", "results_file"} <= indexes
+    finally:
+        conn.close()
+
+
+def test_a_ledger_from_a_newer_retina_edge_is_refused(tmp_path):
+    path = str(tmp_path / "new.db")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 9")
+    conn.close()
+    with pytest.raises(sqlite3.DatabaseError, match="schema version 9 is newer"):
+        Ledger(path)
