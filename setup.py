@@ -26,7 +26,7 @@ setup(
     include_package_data=True,
     # TensorRT and pycuda come from JetPack on the device, never from pip.
     install_requires=[],
-    extras_require={"edge": EDGE, "train": TRAIN, "test": ["pytest>=7"]},
+    extras_require={"edge": EDGE, "train": TRAIN, "test": ["pytest>=7", "vermin>=1.6"]},
     entry_points={"console_scripts": [
         "retina-edge=edge.cli:main",
         "retina-train=training.cli:main",

@@ -34,6 +34,26 @@ def add_backend_options(p, default_backend="auto"):
                    help="CPU threads for ONNX Runtime (default 0: its own choice)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="engine, timing and calibration caches (default $RETINA_EDGE_HOME or ~/.retina-edge)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="images per network call; TensorRT builds its optimisation profile up to N (default 1)")
+    p.add_argument("--workspace", type=int, default=None, metavar="MB",
+                   help="TensorRT builder workspace in MB (default: TensorRT's own; part of the engine's cache key)")
+
+
+def add_input_options(p):
+    """jetson-inference's input options; they override the URI's query options."""
+    p.add_argument("--input-width", type=int, default=None, metavar="PX", help="camera/stream capture width")
+    p.add_argument("--input-height", type=int, default=None, metavar="PX", help="camera/stream capture height")
+    p.add_argument("--input-codec", default=None, metavar="CODEC", help="stream codec: h264, h265, mjpeg, ...")
+    p.add_argument("--input-loop", type=int, default=None, metavar="N",
+                   help="loop a video or image folder N times (-1 = forever)")
+
+
+def input_options(args):
+    """Input options given on the command line, as the source registry takes them (width, height, codec, loop)."""
+    pairs = (("width", args.input_width), ("height", args.input_height), ("codec", args.input_codec),
+             ("loop", args.input_loop))
+    return dict((k, v) for k, v in pairs if v is not None)
 
 
 def backend_options(args):

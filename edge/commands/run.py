@@ -5,7 +5,8 @@ import sqlite3
 import sys
 
 from edge.commands.common import (EXIT_CODES_HELP, EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT, EXIT_SIGTERM,
-                                  add_backend_options, add_model_option, backend_options, bundle_dir, fail)
+                                  add_backend_options, add_input_options, add_model_option, backend_options,
+                                  bundle_dir, fail, input_options)
 
 HELP = "screen an image, a folder, or a stream of images"
 DESCRIPTION = ("Screen INPUT and print one line per image, then images/s and per-stage latency. Every result "
@@ -21,6 +22,8 @@ EXAMPLES = """examples:
 
 def add_arguments(p):
     p.add_argument("input", metavar="INPUT", help="image file, folder, or stream URI")
+    p.add_argument("--watch", action="store_true",
+                   help="keep watching the INPUT folder for new files (same as watch://INPUT)")
     add_model_option(p)
     p.add_argument("--results", metavar="FILE.csv", default=None,
                    help="also write one CSV row per image (appends to a file with the same columns)")
@@ -29,6 +32,8 @@ def add_arguments(p):
     p.add_argument("--ledger", metavar="FILE.db", default=None,
                    help="SQLite results ledger (default: $RETINA_EDGE_HOME/ledger.db or ~/.retina-edge/ledger.db)")
     add_backend_options(p)
+    add_input_options(p)
+    p.add_argument("--headless", action="store_true", help="never open a display window")
     p.add_argument("--quiet", action="store_true", help="print only problems and the summary")
 
 
@@ -38,6 +43,7 @@ class Session(object):
     def __init__(self):
         self.bundle = self.source = self.backend = self.ledger = self.run_id = None
         self.outputs = []
+        self.checks = []
         self.ledger_path = None
         self.backend_reason = ""
 
@@ -52,6 +58,7 @@ class Session(object):
 def build(args, session, log):
     """Open the bundle, the source, the backend, the ledger and the outputs; raise SetupError naming the part."""
     from edge.backends import BackendError, choose_backend, create_backend
+    from edge.checks import default_checks
     from edge.home import ledger_path
     from edge.io.outputs import ConsoleOutput, LedgerOutput, OutputError, open_output
     from edge.io.sources import SourceError, open_source
@@ -60,7 +67,7 @@ def build(args, session, log):
 
     try:
         session.bundle = load_bundle(bundle_dir(args.model))
-        session.source = open_source(args.input)
+        session.source = open_source(input_uri(args), input_options(args))
         name, session.backend_reason = choose_backend(args.backend)
         session.backend = create_backend(name, session.bundle, log=log, **backend_options(args))
     except (BundleError, SourceError, BackendError) as exc:
@@ -68,9 +75,10 @@ def build(args, session, log):
     uris = ([args.results] if args.results else []) + list(args.output)
     for uri in uris:
         try:
-            session.outputs.append(open_output(uri, session.bundle.labels))
+            session.outputs.append(open_output(uri, session.bundle.labels, {"headless": args.headless}))
         except OutputError as exc:
             raise SetupError("results output {}".format(exc))
+    session.checks = default_checks(session.bundle)
     session.ledger_path = args.ledger or ledger_path()
     try:
         session.ledger = Ledger(session.ledger_path)
@@ -84,6 +92,13 @@ def build(args, session, log):
 
 class SetupError(RuntimeError):
     pass
+
+
+def input_uri(args):
+    """INPUT, or watch://INPUT with --watch."""
+    if args.watch and "://" not in args.input:
+        return "watch://" + args.input
+    return args.input
 
 
 def main(args):
@@ -100,7 +115,7 @@ def main(args):
         bundle.manifest["name"], bundle.root, backend.describe(), source.describe()))
     if session.backend_reason != "asked for":
         out.write(session.backend_reason + "\n")
-    pipeline = Pipeline(bundle, backend, session.outputs)
+    pipeline = Pipeline(bundle, backend, session.outputs, checks=session.checks)
     stopped_by = _stop_on_signals(pipeline)
     stats = None
     try:

@@ -50,3 +50,18 @@ def test_edge_and_models_import_without_torch_timm_or_training(subprocess_env):
             if "__pycache__" not in dirpath:
                 on_disk += sum(f.endswith(".py") and f != "__main__.py" for f in files)
     assert len(imported) == on_disk
+
+
+def test_edge_and_models_need_nothing_newer_than_python_3_6():
+    """A static gate beside the import test: vermin finds syntax and library use newer than 3.6
+    (f-strings would import on 3.6; dataclasses, walrus, importlib.metadata... would not)."""
+    pytest = __import__("pytest")
+    try:
+        import vermin  # noqa: F401  (installed with the test extra on the workstation, not in .venv36)
+    except ImportError:
+        pytest.skip("vermin is not installed in this interpreter (the Python 3 suite runs it)")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", "--no-tips", "--violations", "-t=3.6-",
+                             "--eval-annotations", "edge", "models"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode("utf-8", "replace")
