@@ -92,10 +92,16 @@ def cudnn_version(root="/"):
 
 
 def module_version(name, attribute="__version__"):
-    """The version of an importable module, or None when it is not installed (or fails to import)."""
+    """The version of an importable module, or None when it is not installed (or fails to import).
+
+    A folder without ``__init__`` imports as an empty namespace package (``tensorrt-stubs``
+    leaves such a ``tensorrt`` folder behind): that is not an installed module.
+    """
     try:
         module = importlib.import_module(name)
     except Exception:  # a broken install must not stop a selftest
+        return None
+    if getattr(module, "__file__", None) is None and not hasattr(module, attribute):
         return None
     return str(getattr(module, attribute, "unknown"))
 

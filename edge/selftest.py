@@ -1,0 +1,136 @@
+"""`retina-edge selftest`: what a user on a real Jetson runs first.
+
+It reports the platform (edge.device_info), then runs checks in order; each
+ends as PASS, FAIL or SKIP with one line of detail and its figures. A check
+that cannot run here (no TensorRT, no GPU) is SKIP with the reason, never a
+PASS. The run fails (non-zero exit) when any check FAILs.
+
+Checks are a table of small functions ``check(ctx) -> Check``; ``ctx`` is a
+SelfTest holding what earlier checks built (the bundle, the sample images,
+ONNX Runtime's fp32 probabilities that later checks compare against).
+"""
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+# a variant or another runtime "agrees" with fp32 ONNX Runtime on the samples when
+# no more than this fraction of them change their top-1 label (one image in 12 would
+# be 8 %: on a dozen samples a single flip fails, as it should be looked at)
+MAX_TOP1_DISAGREEMENT = 0.0
+
+
+class Check(NamedTuple):
+    name: str
+    status: str
+    detail: str
+    data: dict
+
+
+class SelfTest(object):
+    def __init__(self, bundle_dir, samples_dir, backend_options=None, log=None):
+        self.bundle_dir = bundle_dir
+        self.samples_dir = samples_dir
+        self.backend_options = dict(backend_options or {})
+        self.log = log or (lambda line: None)
+        self.bundle = None
+        self.images = []      # (relative name, RGB uint8) of the sample images
+        self.reference = {}   # precision -> N x classes probabilities from ONNX Runtime
+
+    def run(self, checks=None):
+        results = []
+        for check in (checks or CHECKS):
+            try:
+                result = check(self)
+            except Exception as exc:  # a crashing check is a FAIL that names itself, not a traceback
+                result = Check(check.__name__.replace("check_", ""), FAIL,
+                               "crashed: {}: {}".format(type(exc).__name__, exc), {})
+            self.log("{:<4} {:<22} {}".format(result.status, result.name, result.detail))
+            results.append(result)
+        return results
+
+
+def check_bundle(t):
+    from models.bundle import BundleError, load_bundle
+    try:
+        t.bundle = load_bundle(t.bundle_dir)
+    except BundleError as exc:
+        return Check("bundle", FAIL, str(exc), {})
+    m = t.bundle.manifest
+    return Check("bundle", PASS, "{} ({}; sha256 verified for {})".format(
+        m["name"], t.bundle.root, ", ".join(t.bundle.precisions)),
+        {"name": m["name"], "sha256": m["model"]["sha256"], "precisions": t.bundle.precisions})
+
+
+def check_samples(t):
+    from edge.io.decode import ImageError, read_image
+    from edge.io.sources import list_images
+    if not t.samples_dir or not os.path.isdir(t.samples_dir):
+        return Check("sample images", FAIL, "no sample folder at {} (give --samples DIR)".format(t.samples_dir), {})
+    paths = list_images(t.samples_dir)
+    try:
+        t.images = [(os.path.relpath(p, t.samples_dir), read_image(p)) for p in paths]
+    except ImageError as exc:
+        return Check("sample images", FAIL, str(exc), {})
+    if not t.images:
+        return Check("sample images", FAIL, "{}: no images".format(t.samples_dir), {})
+    return Check("sample images", PASS, "{} images from {}".format(len(t.images), t.samples_dir),
+                 {"images": len(t.images), "folder": t.samples_dir})
+
+
+def probabilities(backend, preprocessor, images, bundle):
+    from edge.postprocess import softmax
+    logits = [backend.infer(preprocessor.collate([preprocessor.prepare(rgb)])) for _, rgb in images]
+    return softmax(np.concatenate(logits), bundle.temperature)
+
+
+def compare(probs, reference):
+    """Top-1 agreement and max |delta prob| of ``probs`` against ``reference`` (both N x classes)."""
+    agree = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+    return {"top1_agreement": agree, "max_abs_prob_diff": float(np.abs(probs - reference).max()),
+            "images": int(len(probs))}
+
+
+def check_onnxruntime(t):
+    """fp32 and every variant the bundle carries, through ONNX Runtime; variants compared with fp32."""
+    if t.bundle is None or not t.images:
+        return Check("onnxruntime", SKIP, "needs the bundle and the sample images", {})
+    from edge.backends import BackendError, create_backend
+    figures, problems = {}, []
+    for precision in t.bundle.precisions:
+        try:
+            backend = create_backend("onnxruntime", t.bundle, precision=precision,
+                                     threads=t.backend_options.get("threads", 0))
+        except BackendError as exc:
+            problems.append("{}: {}".format(precision, exc))
+            continue
+        try:
+            t.reference[precision] = probabilities(backend, backend.make_preprocessor(), t.images, t.bundle)
+        finally:
+            backend.close()
+        if precision != "fp32" and "fp32" in t.reference:
+            figures[precision] = compare(t.reference[precision], t.reference["fp32"])
+            if 1.0 - figures[precision]["top1_agreement"] > MAX_TOP1_DISAGREEMENT:
+                problems.append("{} changes the top-1 label of {:.0%} of the samples".format(
+                    precision, 1.0 - figures[precision]["top1_agreement"]))
+    if "fp32" not in t.reference:
+        return Check("onnxruntime", FAIL, "; ".join(problems), figures)
+    detail = ", ".join(["fp32 ran on {} images".format(len(t.images))] + [
+        "{} top-1 agreement {:.0%}, max |dprob| {:.3f}".format(p, f["top1_agreement"], f["max_abs_prob_diff"])
+        for p, f in sorted(figures.items())])
+    return Check("onnxruntime", FAIL if problems else PASS, "; ".join([detail] + problems), figures)
+
+
+CHECKS = [check_bundle, check_samples, check_onnxruntime]
+
+
+def summary(results):
+    """(exit ok, one-line verdict)."""
+    failed = [r.name for r in results if r.status == FAIL]
+    skipped = [r.name for r in results if r.status == SKIP]
+    verdict = "selftest {}: {} passed, {} failed{}, {} skipped".format(
+        "FAILED" if failed else "passed", sum(r.status == PASS for r in results), len(failed),
+        " ({})".format(", ".join(failed)) if failed else "", len(skipped))
+    return not failed, verdict

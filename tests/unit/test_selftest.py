@@ -1,0 +1,68 @@
+"""retina-edge selftest here (no TensorRT, no GPU): it runs, passes what it can, and fails what is broken."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+from edge.selftest import FAIL, PASS, SKIP, Check, SelfTest, summary
+
+
+def selftest(args, env, cwd):
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "selftest"] + args, cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def test_selftest_here_passes_bundle_samples_and_onnxruntime(tmp_path, subprocess_env):
+    report_path = str(tmp_path / "selftest.json")
+    code, out, err = selftest(["--json", report_path], subprocess_env, str(tmp_path))
+    assert code == 0, out + err
+    assert "Traceback" not in err
+    for key in ("l4t", "jetpack", "tensorrt", "cuda", "cudnn", "pycuda", "nvpmodel"):
+        assert "  {:<12} ".format(key) in out
+    with open(report_path) as f:
+        report = json.load(f)
+    assert report["ok"] is True
+    statuses = dict((c["name"], c["status"]) for c in report["checks"])
+    assert statuses["bundle"] == statuses["sample images"] == statuses["onnxruntime"] == PASS
+    assert all(s in (PASS, SKIP) for s in statuses.values())
+    assert report["platform"]["l4t"] is None  # not a Jetson, and it says so rather than guessing
+    assert out.strip().splitlines()[-2].startswith("selftest passed")
+
+
+def test_a_tampered_bundle_fails_with_exit_1(tmp_path, tiny_bundle, subprocess_env):
+    with open(tiny_bundle.onnx_path, "ab") as f:
+        f.write(b"\0")
+    code, out, err = selftest(["--model", tiny_bundle.root], subprocess_env, str(tmp_path))
+    assert code == 1
+    assert "FAIL bundle" in out and "sha256 mismatch" in out
+    assert "selftest FAILED" in out
+
+
+def test_missing_samples_fail_and_later_checks_skip_with_a_reason(tmp_path, tiny_bundle):
+    lines = []
+    results = SelfTest(tiny_bundle.root, str(tmp_path / "nowhere"), log=lines.append).run()
+    by_name = dict((r.name, r) for r in results)
+    assert by_name["bundle"].status == PASS
+    assert by_name["sample images"].status == FAIL and "no sample folder" in by_name["sample images"].detail
+    assert by_name["onnxruntime"].status == SKIP and "needs" in by_name["onnxruntime"].detail
+    assert len(lines) == len(results)
+
+
+def test_a_crashing_check_is_a_fail_naming_it(tmp_path, tiny_bundle, fundus_dir):
+    def check_boom(t):
+        raise RuntimeError("device lost")
+    samples = str(tmp_path / "s")
+    os.makedirs(samples)
+    shutil.copy(os.path.join(fundus_dir, "normal", "3417_left.jpg"), samples)
+    results = SelfTest(tiny_bundle.root, samples).run([check_boom])
+    assert results == [Check("boom", FAIL, "crashed: RuntimeError: device lost", {})]
+    assert summary(results) == (False, "selftest FAILED: 0 passed, 1 failed (boom), 0 skipped")
+
+
+def test_default_samples_exist_in_the_repository():
+    from edge.commands.selftest import _default_samples
+    assert _default_samples() == os.path.join(REPO_ROOT, "samples", "fundus")
