@@ -78,25 +78,29 @@ class Limited(object):
         return getattr(self.source, name)
 
     def __iter__(self):
-        yielded, measure_from = 0, None
-        while True:
+        self.yielded, self.measure_from = 0, None
+        while not self._done():
             self.passes += 1
-            got = 0
-            for frame in self.source:
-                if yielded == self.warmup and measure_from is None:
-                    measure_from = self.clock()
-                if self._done(yielded, measure_from):
-                    return
+            frames, got = iter(self.source), 0
+            while not self._done():  # asked before a frame is read, so none is read and thrown away
+                frame = next(frames, _END)
+                if frame is _END:
+                    break
                 got += 1
-                yielded += 1
+                self.yielded += 1
                 yield frame
             if got == 0 or getattr(self.source, "live", False):
                 return  # an empty pass, or a live stream that ended: nothing more will come
 
-    def _done(self, yielded, measure_from):
-        if self.seconds is not None:
-            return measure_from is not None and self.clock() - measure_from >= self.seconds
-        return yielded >= self.warmup + self.frames
+    def _done(self):
+        if self.seconds is None:
+            return self.yielded >= self.warmup + self.frames
+        if self.measure_from is None and self.yielded >= self.warmup:
+            self.measure_from = self.clock()
+        return self.measure_from is not None and self.clock() - self.measure_from >= self.seconds
+
+
+_END = object()
 
 
 def run_args(args, out_dir):

@@ -53,15 +53,20 @@ class PowerUnavailable(RuntimeError):
     """This kind of meter is not usable here; the message says why in one line."""
 
 
-def total_of(rails_mw):
-    """(total_mw, rule): the input rail when there is one, never summed with the others; else the sum."""
+def total_of(rails_mw, names=None):
+    """(total_mw, rule): the input rail when the board has one, never summed with the others; else the sum.
+
+    ``names`` are the board's rails (fixed when the meter was opened), so a rail
+    that fails to read makes the total None for that reading instead of
+    silently switching to another rule.
+    """
+    names = list(rails_mw) if names is None else list(names)
     for name in TOTAL_RAILS:
-        if rails_mw.get(name) is not None:
-            return rails_mw[name], "{} (the module's input rail; the other rails are parts of it)".format(name)
-    values = [v for v in rails_mw.values() if v is not None]
-    if not values:
-        return None, "no rail could be read"
-    return sum(values), "sum of the rails (no input rail on this board, so a lower bound of the module's draw)"
+        if name in names:
+            return rails_mw.get(name), "{} (the module's input rail; the other rails are parts of it)".format(name)
+    values = [rails_mw.get(n) for n in names]
+    total = sum(values) if values and all(v is not None for v in values) else None
+    return total, "sum of the rails (no input rail on this board, so a lower bound of the module's draw)"
 
 
 def is_not_connected(label):
@@ -83,7 +88,7 @@ class Meter(object):
 
     def read(self):
         rails_mw = self.read_rails()
-        total_mw, self.total_rule = total_of(rails_mw)
+        total_mw, self.total_rule = total_of(rails_mw, [r[0] for r in self.rails])
         return PowerReading(total_mw, rails_mw)
 
     def check(self):

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-from edge.profiling.power import Meter, PowerReading, PowerUnavailable, total_of
+from edge.profiling.power import Meter, PowerReading, PowerUnavailable, is_not_connected, total_of
 from edge.profiling.sysfs import which
 
 # NAME 123mW[/456mW[/789mW]]  (JetPack 5+), or NAME 123/456 with no unit at all (JetPack 4);
@@ -33,7 +33,8 @@ def parse_power_mw(line):
     for pattern in (_POWER_MW, _POWER_BARE):
         for m in pattern.finditer(line):
             rails.append((m.start(), m.group(1), float(m.group(2))))
-    return OrderedDict((name, mw) for _, name, mw in sorted(rails))
+    # AGX Orin prints unused INA3221 channels as "NC 0mW/0mW": not rails
+    return OrderedDict((name, mw) for _, name, mw in sorted(rails) if not is_not_connected(name))
 
 
 class TegrastatsMeter(Meter):
@@ -73,10 +74,12 @@ class TegrastatsMeter(Meter):
         deadline = self.clock() + wait_s
         while not self.latest and self.clock() < deadline and self.proc.poll() is None:
             time.sleep(0.02)
+        if not self.latest and self.proc.poll() is not None:
+            self.thread.join(timeout=1)  # it exited: let the reader take its last lines
         if not self.latest:
             said = self.errors[-1] if self.errors else "nothing"
             self.close()
-            raise PowerUnavailable("tegrastats printed no power rails within {:.0f} s (it said: {})".format(
+            raise PowerUnavailable("tegrastats printed no power rails within {:g} s (it said: {})".format(
                 wait_s, said[:200]))
         rails = self.latest[-1][1]
         self.rails = [(name, None) for name in rails]
@@ -86,7 +89,7 @@ class TegrastatsMeter(Meter):
         if not self.latest:
             return PowerReading(None, OrderedDict())
         t, rails = self.latest[-1]
-        total_mw, self.total_rule = total_of(rails)
+        total_mw, self.total_rule = total_of(rails, [r[0] for r in self.rails])
         return PowerReading(total_mw, rails, t=t)
 
     def describe(self):

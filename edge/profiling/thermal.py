@@ -5,6 +5,8 @@ Facts, and where they come from:
   millidegrees Celsius (shared/docs/DESIGN.md; jetson_stats
   ``jtop/core/temperature.py``). A sensor that is off reads -256 degC on Orin
   (jetson_stats ``TEMPERATURE_OFFLINE``; tegrastats prints ``CV0@-256C``).
+  ``PMIC-Die`` reads a constant 100 degC on the Nano/TX1 (tegrastats prints
+  ``PMIC@100C``; jetson_stats skips it): not a measurement, left out.
 - Trip points: ``trip_point_K_temp`` (millidegrees) and ``trip_point_K_type``
   (passive / active / hot / critical). At a *passive* trip the kernel starts
   cooling by lowering clocks; at *critical* it shuts down (Linux
@@ -44,7 +46,7 @@ class ThermalZones(object):
         for zone in root.glob(THERMAL_GLOB):
             kind, temp_path = read_text(os.path.join(zone, "type")), os.path.join(zone, "temp")
             first = read_int(temp_path)
-            if not kind or first is None or first / 1000.0 < OFFLINE_BELOW_C:
+            if not kind or first is None or first / 1000.0 < OFFLINE_BELOW_C or "PMIC" in kind.upper():
                 continue
             names.append(kind)
             self.zones.append([kind, temp_path, _trips(zone), os.path.basename(zone)])
