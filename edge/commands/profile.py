@@ -11,7 +11,7 @@ from edge.commands.common import (EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT, EXIT_SIG
                                   add_input_options, add_model_option, fail)
 
 HELP = "measure latency per stage, images/s, power and energy per image"
-DESCRIPTION = ("Screen INPUT over and over (looping a folder) until N images or S seconds have been measured "
+DESCRIPTION = ("Screen --input over and over (looping a folder) until N images or S seconds have been measured "
                "after a warm-up, with a power and temperature sampler running, after an idle baseline. Writes "
                "report.json, per-frame and per-sample CSV files and PNG plots into --out, and prints a summary. "
                "Results go to a ledger inside --out, not to your ledger, unless --ledger names one.")

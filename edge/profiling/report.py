@@ -141,10 +141,10 @@ def _power_lines(power):
     if not power["available"]:
         return [_row("power", "not available:")] + [_row("", "- " + reason) for reason in power["tried"]]
     e = power["energy"]
-    lines = [_row("power", "{} ({} samples every {:.0f} ms{})".format(
-        power["meter"], power["samples"], power["interval_s"] * 1000,
+    lines = [_row("power", "{}: {}; {} samples every {:.0f} ms{}".format(
+        power["kind"], ", ".join(power["rails"]), power["samples"], power["interval_s"] * 1000,
         ", {} failed reads".format(power["read_errors"]) if power["read_errors"] else "")),
-        _row("", "measures " + power["scope"])]
+        _row("", "total = " + power["total_rule"]), _row("", "measures " + power["scope"])]
     if not e["available"]:
         return lines + [_row("energy", "not available: " + e["reason"])]
     idle = ("idle {:.0f} mW over {:.1f} s, ".format(e["idle_power_mw"], e["idle_s"])
@@ -187,6 +187,7 @@ def power_section(meter, tried, sampler, energy):
         return OrderedDict([("available", False), ("tried", tried),
                             ("reason", "; ".join(tried) or "no power meter")])
     return OrderedDict([("available", True), ("meter", meter.describe()), ("kind", meter.name),
+                        ("rails", [r[0] for r in meter.rails]),
                         ("scope", meter.scope), ("total_rule", meter.total_rule), ("tried", tried),
                         ("interval_s", max(sampler.interval_s, meter.min_interval_s)),
                         ("samples", len(sampler.power)), ("read_errors", sampler.read_errors),
