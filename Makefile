@@ -20,7 +20,7 @@ demo: $(VENV_EDGE)/.done
 
 $(VENV)/.done: requirements/train.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/train.txt -e '.[train,test]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/train.txt -e '.[train,test,plots,nvml]'
 	touch $@
 
 $(VENV36)/.done: requirements/edge-py36.txt

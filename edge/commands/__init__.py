@@ -10,4 +10,5 @@ works where ONNX Runtime or TensorRT are missing.
 VERBS = (
     ("run", "edge.commands.run"),
     ("selftest", "edge.commands.selftest"),
+    ("profile", "edge.commands.profile"),
 )
