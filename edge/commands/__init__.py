@@ -9,4 +9,5 @@ works where ONNX Runtime or TensorRT are missing.
 # verb -> module, in the order --help lists them
 VERBS = (
     ("run", "edge.commands.run"),
+    ("build", "edge.commands.build"),
 )
