@@ -100,12 +100,11 @@ class TensorRTBackend(object):
         self._owns_runtime = runtime is None
         self.runtime = runtime if runtime is not None else _load_runtime()
         self.engine = self.context = self.io = self.stream = None
-        self.tensors = []
         self._times_ms = {}
         self._preprocessor_note = None
         try:
             self._build(bundle, precision, cache_dir, workspace_mb, calibration, force_int8)
-        except Exception:
+        except BaseException:  # Ctrl-C during a build too: free what was allocated, release the context
             self.close()
             raise
 

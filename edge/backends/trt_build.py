@@ -81,7 +81,7 @@ def engine_for(api, runtime, request, cache, log, clock=time.time):
     check_build_memory(log)
     log("building the TensorRT {} engine for {} ({}, batch up to {}); a first build takes minutes on a "
         "Jetson Nano".format(request.plan.precision, request.model_path, api.version_text, request.max_batch))
-    plan_bytes, cal_written = build_plan(api, runtime, request, cache, cal_path, log)
+    plan_bytes, cal_written = build_engine_bytes(api, runtime, request, cache, cal_path, log)
     if request.plan.calibrate:
         key = request.key(api, sha256_bytes(cal_written or cal_bytes or b""))
     seconds = clock() - start
@@ -94,7 +94,7 @@ def engine_for(api, runtime, request, cache, log, clock=time.time):
     return engine, EngineInfo("built", stored, key, request.plan, seconds)
 
 
-def build_plan(api, runtime, request, cache, cal_path, log):
+def build_engine_bytes(api, runtime, request, cache, cal_path, log):
     """Parse, configure and build; returns (serialized engine bytes, calibration cache bytes or None)."""
     builder = api.create_builder()
     _cross_check_gpu(api, builder, request, log)
