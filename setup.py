@@ -30,6 +30,8 @@ setup(
     include_package_data=True,
     # TensorRT and pycuda come from JetPack on the device, never from pip.
     install_requires=[],
+    # tensorrt-stubs (checks the TensorRT fakes) is not in "test": it requires tensorrt itself, which pip cannot
+    # install from PyPI alone; the Makefile installs it with --no-deps (pinned in requirements/train.txt).
     extras_require={"edge": EDGE, "train": TRAIN, "plots": PLOTS, "nvml": NVML,
                     "test": ["pytest>=7", "vermin>=1.6"]},
     entry_points={"console_scripts": [
