@@ -123,7 +123,48 @@ def check_onnxruntime(t):
     return Check("onnxruntime", FAIL if problems else PASS, "; ".join([detail] + problems), figures)
 
 
-CHECKS = [check_bundle, check_samples, check_onnxruntime]
+# TensorRT against ONNX Runtime fp32 on the samples: the top-1 label must not change; max |delta prob|
+# above these is a FAIL too. fp32 allows for TF32 on Ampere (Orin) and for kernel choice; fp16 and
+# int8 are first estimates from the size of their usual deviations, to be revised with device figures.
+TRT_MAX_PROB_DIFF = {"fp32": 5e-3, "fp16": 3e-2, "int8": 1e-1}
+
+
+def check_tensorrt(t):
+    """Build (or load) an engine per precision and compare it with fp32 ONNX Runtime on the samples."""
+    from edge.backends import BackendError, availability, create_backend
+    from edge.preprocess import HostPreprocessor
+    ok, reason = availability("tensorrt")
+    if not ok:
+        return Check("tensorrt", SKIP, reason, {})
+    if "fp32" not in t.reference:
+        return Check("tensorrt", SKIP, "needs ONNX Runtime's fp32 probabilities (the onnxruntime check)", {})
+    figures, problems = {}, []
+    for precision in t.backend_options.get("precisions") or ("fp32", "fp16", "best"):
+        try:
+            backend = create_backend("tensorrt", t.bundle, precision=precision, log=t.log,
+                                     cache_dir=t.backend_options.get("cache_dir"))
+        except BackendError as exc:
+            problems.append("{}: {}".format(precision, exc))
+            continue
+        try:
+            # the host reference feeds the engine here, so the engine alone is compared (the kernel has its check)
+            preprocessor = HostPreprocessor(t.bundle.preprocess, dtype=backend.input_dtype)
+            probs = probabilities(backend, preprocessor, t.images, t.bundle)
+            figures[precision] = dict(compare(probs, t.reference["fp32"]), built=backend.precision,
+                                      engine=backend.describe())
+        finally:
+            backend.close()
+        f = figures[precision]
+        limit = TRT_MAX_PROB_DIFF.get(f["built"], TRT_MAX_PROB_DIFF["int8"])
+        if f["top1_agreement"] < 1.0 or f["max_abs_prob_diff"] > limit:
+            problems.append("{} (built {}): top-1 agreement {:.0%}, max |dprob| {:.4f} (limit {})".format(
+                precision, f["built"], f["top1_agreement"], f["max_abs_prob_diff"], limit))
+    detail = ", ".join("{} as {}: agreement {:.0%}, max |dprob| {:.4f}".format(
+        p, f["built"], f["top1_agreement"], f["max_abs_prob_diff"]) for p, f in figures.items())
+    return Check("tensorrt", FAIL if problems else PASS, "; ".join([d for d in [detail] if d] + problems), figures)
+
+
+CHECKS = [check_bundle, check_samples, check_onnxruntime, check_tensorrt]
 
 
 def summary(results):

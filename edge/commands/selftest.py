@@ -25,6 +25,16 @@ def _default_samples():
     return os.path.join(here, "samples", "fundus")
 
 
+def _gpu_versions():
+    """TensorRT, CUDA runtime, cuDNN and the GPU as the TensorRT backend sees them (never raises)."""
+    try:
+        from edge.backends.tensorrt import versions
+    except ImportError as exc:
+        return {"gpu": None, "gpu_error": str(exc)}
+    found = versions()
+    return dict((k, v) for k, v in found.items() if v is not None or k + "_error" in found)
+
+
 def add_arguments(p):
     add_model_option(p)
     p.add_argument("--samples", metavar="DIR", default=None,
@@ -32,6 +42,8 @@ def add_arguments(p):
     p.add_argument("--json", metavar="FILE", default=None, help="also write the platform and every check as JSON")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for ONNX Runtime")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="engine cache (default $RETINA_EDGE_HOME)")
+    p.add_argument("--precisions", default="fp32,fp16,best", metavar="LIST",
+                   help="TensorRT precisions to build and compare with ONNX Runtime (default %(default)s)")
 
 
 def main(args):
@@ -39,11 +51,18 @@ def main(args):
     from edge.selftest import SelfTest, summary
     out = sys.stdout
     platform = device_info.describe()
+    for key, value in _gpu_versions().items():
+        if value is not None or key not in platform or platform[key] is None:
+            platform[key] = value
     out.write("platform\n")
     for key, value in platform.items():
-        out.write("  {:<12} {}\n".format(key, "not found" if value is None else value))
+        if not key.endswith("_error"):
+            why = platform.get(key + "_error")
+            out.write("  {:<18} {}\n".format(key, value if value is not None else
+                                             "not found" + (": " + why if why else "")))
     test = SelfTest(bundle_dir(args.model), args.samples or _default_samples(),
-                    {"threads": args.threads, "cache_dir": args.cache_dir},
+                    {"threads": args.threads, "cache_dir": args.cache_dir,
+                     "precisions": [p for p in args.precisions.split(",") if p]},
                     log=lambda line: (out.write(line + "\n"), out.flush()))
     out.write("checks\n")
     results = test.run()

@@ -5,6 +5,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from conftest import REPO_ROOT
 from edge.selftest import FAIL, PASS, SKIP, Check, SelfTest, summary
 
@@ -22,12 +25,15 @@ def test_selftest_here_passes_bundle_samples_and_onnxruntime(tmp_path, subproces
     assert code == 0, out + err
     assert "Traceback" not in err
     for key in ("l4t", "jetpack", "tensorrt", "cuda", "cudnn", "pycuda", "nvpmodel"):
-        assert "  {:<12} ".format(key) in out
+        assert "  {:<18} ".format(key) in out
     with open(report_path) as f:
         report = json.load(f)
     assert report["ok"] is True
     statuses = dict((c["name"], c["status"]) for c in report["checks"])
     assert statuses["bundle"] == statuses["sample images"] == statuses["onnxruntime"] == PASS
+    assert statuses["tensorrt"] == SKIP  # no TensorRT here: skipped with the reason, never passed
+    tensorrt = [c for c in report["checks"] if c["name"] == "tensorrt"][0]
+    assert "tensorrt" in tensorrt["detail"].lower()
     assert all(s in (PASS, SKIP) for s in statuses.values())
     assert report["platform"]["l4t"] is None  # not a Jetson, and it says so rather than guessing
     assert out.strip().splitlines()[-2].startswith("selftest passed")
@@ -66,3 +72,48 @@ def test_a_crashing_check_is_a_fail_naming_it(tmp_path, tiny_bundle, fundus_dir)
 def test_default_samples_exist_in_the_repository():
     from edge.commands.selftest import _default_samples
     assert _default_samples() == os.path.join(REPO_ROOT, "samples", "fundus")
+
+
+class _EngineLike(object):
+    """Stands in for a TensorRT engine (none can run here): ONNX Runtime's fp32 network plus a set offset on the
+    logits, so the check's comparison with fp32 can be driven both ways."""
+
+    def __init__(self, bundle, offset, precision):
+        from edge.backends import create_backend
+        self.inner = create_backend("onnxruntime", bundle)
+        self.offset, self.precision, self.input_dtype = np.asarray(offset, np.float32), precision, np.float32
+
+    def infer(self, x):
+        return self.inner.infer(x) + self.offset
+
+    def describe(self):
+        return "engine-like"
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.parametrize("offset, status", [
+    ([0.0, 0.0, 0.0, 0.0], PASS),     # the same network: agreement 100 %, |dprob| 0
+    ([0.0, 0.0, 30.0, 0.0], FAIL),    # pushes every image to glaucoma: labels change
+])
+def test_the_tensorrt_check_compares_each_engine_with_onnxruntime(monkeypatch, tiny_bundle, fundus_dir, offset,
+                                                                  status):
+    import edge.backends as backends
+    real = backends.create_backend
+
+    def create(name, bundle, precision="fp32", **options):
+        if name == "tensorrt":
+            return _EngineLike(bundle, offset, precision)
+        return real(name, bundle, precision=precision, **options)
+    monkeypatch.setattr(backends, "availability", lambda name: (True, "fake"))
+    monkeypatch.setattr(backends, "create_backend", create)
+    t = SelfTest(tiny_bundle.root, os.path.join(REPO_ROOT, "samples", "fundus"), {"precisions": ["fp32", "fp16"]})
+    results = t.run()
+    trt = results[-1]
+    assert trt.name == "tensorrt" and trt.status == status, trt
+    assert sorted(trt.data) == ["fp16", "fp32"]
+    if status == PASS:
+        assert trt.data["fp32"]["top1_agreement"] == 1.0 and trt.data["fp32"]["max_abs_prob_diff"] < 1e-6
+    else:
+        assert "top-1 agreement" in trt.detail and trt.data["fp16"]["top1_agreement"] < 1.0
