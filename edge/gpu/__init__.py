@@ -1,0 +1,1 @@
+"""GPU support for edge/: the CUDA preprocessing kernel (preprocess.cu) and its loaders."""
