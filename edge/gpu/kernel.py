@@ -102,8 +102,11 @@ class PycudaKernels(LoadedKernels):
             raise KernelError("nvcc not found (PATH, /usr/local/cuda/bin): pycuda compiles preprocess.cu with it")
         try:
             module = SourceModule(self.text, nvcc=nvcc, no_extern_c=True)
-        except Exception as exc:  # pycuda.driver.CompileError and friends
-            raise KernelError("preprocess.cu does not compile with {}: {}".format(nvcc, _one_line(exc)))
+        except Exception:  # pycuda.driver.CompileError, or its compiler cache (~/.cache) not writable
+            try:
+                module = SourceModule(self.text, nvcc=nvcc, no_extern_c=True, cache_dir=False)
+            except Exception as exc:
+                raise KernelError("preprocess.cu does not compile with {}: {}".format(nvcc, _one_line(exc)))
         self._functions = {}
         for name, kinds in SIGNATURES.items():
             function = module.get_function(name)
@@ -219,8 +222,10 @@ def load_kernels(runtime):
         errors.append("CuPy: {}".format(exc))
     try:
         return NvrtcKernels(runtime.compute_capability())
-    except ImportError as exc:
-        errors.append("cuda-python NVRTC: {}".format(exc))
+    except KernelError:
+        raise
+    except Exception as exc:  # ImportError, or cuda-python finding no driver library
+        errors.append("cuda-python NVRTC: {}".format(_one_line(exc)))
     raise KernelError("no kernel compiler for the {} runtime ({}); {}".format(
         runtime.name, "; ".join(errors), INSTALL_HINT))
 

@@ -19,29 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DR_JPEG, GLAUCOMA_AUGMENTED, GLAUCOMA_PNG, NORMAL_BORDERED
+from conftest import GLAUCOMA_AUGMENTED, GLAUCOMA_PNG, NORMAL_BORDERED
 from edge.gpu.preprocess import CudaPreprocessor, DeviceBatch, PreprocessSpecError
 from edge.io.decode import ImageError, read_image
-from edge.preprocess import find_fundus_disc, preprocess
+from edge.preprocess import find_fundus_disc
+from gpu_hostemu.cases import (REAL, REAL_IDS, SYNTHETIC, assert_identical, disc_image, make_spec, reference,
+                               with_pitch)
 from gpu_hostemu.emulator import HostRuntime, session_kernels
-
-# Every size in ../shared/data/fundus4 (a scan of all 3,406 files finds exactly these four), two
-# real images each.
-REAL_BY_SIZE = {
-    (400, 400): [NORMAL_BORDERED, DR_JPEG],
-    (256, 256): [GLAUCOMA_AUGMENTED, os.path.join("cataract", "_100_334408.jpg")],
-    (266, 400): [GLAUCOMA_PNG, os.path.join("cataract", "cataract_002.png")],
-    (264, 400): [os.path.join("glaucoma", "Glaucoma_012.png"), os.path.join("cataract", "cataract_005.png")],
-}
-REAL = [(size, rel) for size, rels in sorted(REAL_BY_SIZE.items()) for rel in rels]
-
-
-def make_spec(size=(224, 224), interpolation="area", roi="fundus_disc", colour_order="RGB", threshold=10,
-              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
-    return {"colour_order": colour_order, "roi": {"kind": roi, "threshold": threshold, "pad": "square"},
-            "resize": {"size": list(size), "interpolation": interpolation},
-            "scale": 0.00392156862745098, "mean": list(mean), "std": list(std)}
-
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
@@ -69,31 +53,7 @@ class Station(object):
         return self.pre.plan.view(np.int32, (16,))[:11].tolist()
 
 
-def reference(rgb, spec, dtype=np.float32):
-    return preprocess(rgb, spec).astype(dtype)
-
-
-def assert_identical(got, want):
-    assert got.shape == want.shape and got.dtype == want.dtype
-    if not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        raise AssertionError("{} of {} values differ (max |diff| {})".format(int((diff > 0).sum()), diff.size,
-                                                                             diff.max()))
-
-
-def with_pitch(image, extra_bytes, fill=255):
-    """The same pixels in rows of width*channels + extra_bytes bytes, the padding filled with ``fill``."""
-    h, w = image.shape[:2]
-    c = 1 if image.ndim == 2 else image.shape[2]
-    pitch = w * c + extra_bytes
-    storage = np.full((h, pitch), fill, np.uint8)
-    shape, strides = ((h, w), (pitch, 1)) if image.ndim == 2 else ((h, w, c), (pitch, c, 1))
-    view = np.ndarray(shape, np.uint8, storage, 0, strides)
-    view[...] = image
-    return view
-
-
-@pytest.mark.parametrize("size,rel", REAL, ids=["{}x{}-{}".format(s[0], s[1], os.path.basename(r)) for s, r in REAL])
+@pytest.mark.parametrize("size,rel", REAL, ids=REAL_IDS)
 def test_real_fundus_images_of_every_size_are_bit_exact(kernels, fundus_dir, size, rel):
     rgb = read_image(os.path.join(fundus_dir, rel))
     assert rgb.shape[:2] == size
@@ -132,32 +92,9 @@ def test_real_image_other_rules(kernels, fundus_dir, interpolation, out):
     assert_identical(Station(kernels, spec).run([rgb])[1], reference(rgb, spec))
 
 
-def disc_image(h, w, radius, centre=None, colour=(200, 120, 60), noise=0):
-    img = np.zeros((h, w, 3), np.uint8)
-    if noise:
-        img[:] = np.random.RandomState(h * 7 + w).randint(0, noise, (h, w, 3))
-    cv2.circle(img, centre or (w // 2, h // 2), radius, colour, thickness=-1)
-    return img
-
-
-SYNTHETIC = {
-    "all-black": np.zeros((120, 90, 3), np.uint8),
-    "1x1": np.full((1, 1, 3), 200, np.uint8),
-    "2x3": np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 14,
-    "wide-9x700": disc_image(9, 700, 4),
-    "tall-700x9": disc_image(700, 9, 4),
-    "small-disc-under-10%": disc_image(300, 300, 20),
-    "noisy-border": disc_image(333, 517, 150, noise=25),
-    "disc-off-centre": disc_image(480, 640, 200, centre=(180, 300)),
-    "exact-2x-448": disc_image(448, 448, 224),
-    "exact-3x-672": disc_image(672, 672, 400),
-    "large-1500x2000": disc_image(1500, 2000, 700, noise=12),
-}
-
-
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
 def test_synthetic_odd_cases(kernels, name):
-    image = SYNTHETIC[name]
+    image = SYNTHETIC[name]()
     station = Station(kernels, make_spec(), max_input_bytes=image.nbytes)
     assert_identical(station.run([image])[1], reference(image, make_spec()))
     plan = station.plan()
