@@ -71,7 +71,7 @@ SYNTHETIC = {
     "small-disc-under-10%": lambda: disc_image(300, 300, 20),
     "noisy-border": lambda: disc_image(333, 517, 150, noise=25),
     "disc-off-centre": lambda: disc_image(480, 640, 200, centre=(180, 300)),
-    "exact-2x-448": lambda: disc_image(448, 448, 224),
+    "exact-2x-448": lambda: disc_image(448, 448, 300),      # the disc fills the frame: 448 -> 224 is 2x
     "exact-3x-672": lambda: disc_image(672, 672, 400),
     "large-1500x2000": lambda: disc_image(1500, 2000, 700, noise=12),
 }

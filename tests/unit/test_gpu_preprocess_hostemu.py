@@ -106,6 +106,19 @@ def test_synthetic_odd_cases(kernels, name):
     assert tuple(plan[:4]) == (box if box is not None else (0, 0, w, h))
 
 
+@pytest.mark.parametrize("interpolation,factor,mode", [("area", 2, 3), ("area", 3, 3), ("area", 1.5, 2),
+                                                        ("linear", 2, 3), ("linear", 3, 1), ("area", 0.75, 1)])
+def test_each_opencv_path_is_taken_where_opencv_takes_it(kernels, interpolation, factor, mode):
+    """hal::resize picks its path from the scale: integer factors take resizeAreaFast (and INTER_LINEAR
+    at exactly 2x does too), other shrinks the area tables, enlarging the bilinear variant."""
+    side = int(round(64 * factor))
+    image = np.random.RandomState(side).randint(0, 256, (side, side, 3)).astype(np.uint8)
+    spec = make_spec(size=(64, 64), interpolation=interpolation, roi="none")
+    station = Station(kernels, spec)
+    assert_identical(station.run([image])[1], reference(image, spec))
+    assert station.plan()[8] == mode           # RE_MODE_* of preprocess.cu
+
+
 def test_the_two_percent_and_threshold_boundaries(kernels):
     """A line counts when MORE than 2 % of its pixels are brighter (>) than the threshold."""
     img = np.zeros((200, 100, 3), np.uint8)
