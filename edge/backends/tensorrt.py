@@ -168,7 +168,7 @@ class TensorRTBackend(object):
         try:
             from edge.gpu.preprocess import CudaPreprocessor
             return CudaPreprocessor(self.bundle.preprocess, self.runtime, self.input.device.ptr, self.input_dtype,
-                                    self.max_batch, self.stream)
+                                    self.max_batch, self.stream, log=self.log)
         except Exception as exc:  # ImportError, or the kernel failed to compile/load on this GPU
             if self._preprocessor_note is None:
                 self._preprocessor_note = "CUDA pre-processing unavailable ({}: {}); using the OpenCV reference " \
