@@ -164,7 +164,60 @@ def check_tensorrt(t):
     return Check("tensorrt", FAIL if problems else PASS, "; ".join([d for d in [detail] if d] + problems), figures)
 
 
-CHECKS = [check_bundle, check_samples, check_onnxruntime, check_tensorrt]
+def _one_level(spec):
+    """One uint8 step of the resized image in normalised units, per channel (the kernel's tolerance on a board
+    whose OpenCV may fuse multiply-adds or resize through ARM's carotene: the kernel matches x86 OpenCV bit for
+    bit, but that board's own reference may differ from it by a level in a few pixels)."""
+    return float(spec["scale"]) / float(min(spec["std"]))
+
+
+def check_cuda_kernel(t, runtime=None, kernels=None):
+    """The CUDA preprocessing kernel against the OpenCV reference on the samples: inputs and the labels they give."""
+    if t.bundle is None or not t.images or "fp32" not in t.reference:
+        return Check("cuda kernel", SKIP, "needs the bundle, the samples and ONNX Runtime's fp32 probabilities", {})
+    from edge.gpu.cuda import GpuError, load_runtime, probe
+    from edge.gpu.preprocess import CudaPreprocessor
+    from edge.preprocess import preprocess
+    if runtime is None:
+        ok, reason = probe()
+        if not ok:
+            return Check("cuda kernel", SKIP, reason, {})
+        try:
+            runtime = load_runtime()
+        except GpuError as exc:
+            return Check("cuda kernel", SKIP, str(exc), {})
+    spec, shape = t.bundle.preprocess, (1,) + tuple(t.bundle.input_shape[1:])
+    out, inputs = runtime.alloc(int(np.prod(shape)) * 4), []
+    try:
+        stream = runtime.stream()
+        pre = CudaPreprocessor(spec, runtime, out.ptr, np.float32, 1, stream, kernels=kernels, log=t.log)
+        host = runtime.pinned(shape, np.float32)
+        worst = 0.0
+        for _, rgb in t.images:
+            pre.collate([pre.prepare(rgb)])
+            runtime.dtoh(host, out.ptr, stream)
+            stream.synchronize()
+            worst = max(worst, float(np.abs(host - preprocess(rgb, spec)).max()))
+            inputs.append(np.array(host))
+    finally:
+        out.free()
+        if hasattr(runtime, "close"):
+            runtime.close()
+    from edge.backends import create_backend
+    backend = create_backend("onnxruntime", t.bundle)
+    try:
+        from edge.postprocess import softmax
+        probs = softmax(np.concatenate([backend.infer(x) for x in inputs]), t.bundle.temperature)
+    finally:
+        backend.close()
+    figures = dict(compare(probs, t.reference["fp32"]), max_abs_input_diff=worst, tolerance=_one_level(spec))
+    bad = figures["top1_agreement"] < 1.0 or worst > figures["tolerance"] + 1e-6
+    return Check("cuda kernel", FAIL if bad else PASS,
+                 "{} images: max |input - reference| {:.2g} (tolerance one uint8 level, {:.3g}), top-1 agreement "
+                 "{:.0%}".format(len(inputs), worst, figures["tolerance"], figures["top1_agreement"]), figures)
+
+
+CHECKS = [check_bundle, check_samples, check_onnxruntime, check_tensorrt, check_cuda_kernel]
 
 
 def summary(results):

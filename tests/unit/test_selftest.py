@@ -110,10 +110,31 @@ def test_the_tensorrt_check_compares_each_engine_with_onnxruntime(monkeypatch, t
     monkeypatch.setattr(backends, "create_backend", create)
     t = SelfTest(tiny_bundle.root, os.path.join(REPO_ROOT, "samples", "fundus"), {"precisions": ["fp32", "fp16"]})
     results = t.run()
-    trt = results[-1]
+    trt = [r for r in results if r.name == "tensorrt"][0]
     assert trt.name == "tensorrt" and trt.status == status, trt
     assert sorted(trt.data) == ["fp16", "fp32"]
     if status == PASS:
         assert trt.data["fp32"]["top1_agreement"] == 1.0 and trt.data["fp32"]["max_abs_prob_diff"] < 1e-6
     else:
         assert "top-1 agreement" in trt.detail and trt.data["fp16"]["top1_agreement"] < 1.0
+
+
+def test_the_cuda_kernel_check_through_the_host_emulation(tmp_path_factory, tiny_bundle):
+    """No GPU here: the same preprocess.cu, compiled for the CPU (tests/gpu_hostemu), stands in for one."""
+    from gpu_hostemu.emulator import HostRuntime, session_kernels
+    from edge.selftest import check_cuda_kernel, check_onnxruntime, check_samples, check_bundle
+    kernels = session_kernels(tmp_path_factory)
+    t = SelfTest(tiny_bundle.root, os.path.join(REPO_ROOT, "samples", "fundus"))
+    t.run([check_bundle, check_samples, check_onnxruntime])
+    result = check_cuda_kernel(t, runtime=HostRuntime(), kernels=kernels)
+    assert result.status == PASS, result
+    assert result.data["max_abs_input_diff"] == 0.0 and result.data["top1_agreement"] == 1.0
+    assert result.data["images"] == 12
+
+
+def test_the_cuda_kernel_check_skips_here_with_the_reason(tiny_bundle):
+    from edge.selftest import check_cuda_kernel, check_onnxruntime, check_samples, check_bundle
+    t = SelfTest(tiny_bundle.root, os.path.join(REPO_ROOT, "samples", "fundus"))
+    t.run([check_bundle, check_samples, check_onnxruntime])
+    result = check_cuda_kernel(t)
+    assert result.status == SKIP and result.detail

@@ -247,13 +247,14 @@ def test_the_cuda_preprocessor_gets_the_engine_input_buffer_and_stream(tiny_bund
     made = []
 
     class CudaPreprocessor(object):
-        def __init__(self, spec, runtime, out_ptr, out_dtype, max_batch, stream):
+        def __init__(self, spec, runtime, out_ptr, out_dtype, max_batch, stream, log=None):
             made.append((spec, runtime, out_ptr, np.dtype(out_dtype), max_batch, stream))
+            assert log is backend.log  # the kernel's one-time growth message reaches the user
     module = types.ModuleType("edge.gpu.preprocess")
     module.CudaPreprocessor = CudaPreprocessor
     monkeypatch.setitem(sys.modules, "edge.gpu.preprocess", module)
     backend, _, cuda, log = make_backend(tiny_bundle, tmp_path, batch=3)
-    assert isinstance(backend.make_preprocessor(), CudaPreprocessor)
+    assert isinstance(backend.make_preprocessor(), CudaPreprocessor), log.lines
     assert made == [(tiny_bundle.preprocess, cuda, backend.input.device.ptr, np.dtype(np.float32), 3, backend.stream)]
     assert not log.having("unavailable")
     backend.close()
