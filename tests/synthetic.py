@@ -137,7 +137,7 @@ def make_dicom(pixels, photometric, modality="OP", frames=None, bits_stored=None
     """DICOM bytes (Part 10 file: preamble, DICM, file meta) holding ``pixels`` as stored.
 
     ``pixels``: (rows, cols), (rows, cols, 3), or with a leading frame axis when
-    ``frames`` is given; for YBR_FULL_422 pass the already subsampled stream as
+    ``frames`` is given (one frame's shape with ``encoded_frames``); for YBR_FULL_422 pass the already subsampled stream as
     a uint8 array of the right length. ``encoded_frames``: JPEG bitstreams for an
     encapsulated syntax (then ``pixels`` only gives the shape).
     """
@@ -145,7 +145,7 @@ def make_dicom(pixels, photometric, modality="OP", frames=None, bits_stored=None
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import generate_uid
 
-    shape = pixels.shape[1:] if frames else pixels.shape
+    shape = pixels.shape[1:] if frames and encoded_frames is None else pixels.shape
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
@@ -155,7 +155,7 @@ def make_dicom(pixels, photometric, modality="OP", frames=None, bits_stored=None
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
-    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    colour = photometric.startswith(("RGB", "YBR"))
     ds.SamplesPerPixel = 3 if colour else 1
     ds.PhotometricInterpretation = photometric
     if colour:
