@@ -8,8 +8,9 @@ B-scans) is one frame per frame whose ``source_id`` is ``path#index``
 ``frame_index``), so each row of a CSV stays unique. Every frame carries the
 volume's facts as flat, JSON-able ``meta`` (``modality``, ``dicom_modality``,
 ``frames``, ``photometric``, ``bits_stored``, ``transfer_syntax``); the
-results of a volume are summed up by ``VolumeTally`` (one console line when
-its last frame is done) and can be grouped again from the ledger by ``file``.
+results of a volume are summed up by ``edge.io.volumes.VolumeTally`` (one
+console line when its last frame is done) and can be grouped again from the
+ledger by ``file``.
 
 A DICOM file is decoded here, in the source (the capture stage), not in the
 pipeline's decode stage: one file is many frames, and pydicom decodes a
@@ -40,12 +41,12 @@ one error row saying what to install. No open OCT data is reachable from the
 development machine: the tests make synthetic OP and OPT files with pydicom.
 """
 import io
-from collections import Counter
 
 import cv2
 import numpy as np
 
 from edge.io.decode import MAX_PIXELS, ImageError, quiet_opencv
+from edge.io.imageinfo import HeaderError, read_info, sniff
 from edge.io.sources import ImageFiles, SourceError
 from edge.records import Frame
 
@@ -83,6 +84,10 @@ def import_pydicom():
     except ImportError:
         raise ImportError("DICOM files need pydicom, which is not installed: " + INSTALL_PYDICOM)
     return pydicom
+
+
+class _BrokenFrame(ImageError):
+    """A compressed frame whose own header is broken: no other decoder would do better."""
 
 
 class Volume(object):
@@ -150,7 +155,7 @@ class Volume(object):
             try:
                 return self._opencv_frame(index)
             except ImageError as exc:
-                if index > 0:
+                if index > 0 or isinstance(exc, _BrokenFrame):
                     raise
                 self.opencv_error = str(exc)
                 # frame 0 failed with OpenCV: let the installed pydicom handlers try the whole volume
@@ -171,9 +176,18 @@ class Volume(object):
         if index >= len(self._encoded):
             raise ImageError("{}: the pixel data holds {} of {} frames".format(
                 self._where(index), len(self._encoded), self.frames))
+        stream = self._encoded[index]
+        if sniff(stream) == "jpeg":  # the image decoder's checks: declared size, truncation
+            try:
+                info = read_info(stream, "jpeg")
+            except HeaderError as exc:
+                raise _BrokenFrame("{}: {}".format(self._where(index), exc))
+            if (info.width, info.height) != (self.columns, self.rows):
+                raise _BrokenFrame("{}: the JPEG frame declares {}x{} pixels, the DICOM header {}x{}".format(
+                    self._where(index), info.width, info.height, self.columns, self.rows))
         quiet_opencv()
         try:
-            img = cv2.imdecode(np.frombuffer(self._encoded[index], np.uint8), cv2.IMREAD_UNCHANGED)
+            img = cv2.imdecode(np.frombuffer(stream, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error:
             img = None
         if img is None or (img.ndim == 3 and img.shape[2] != 3):
@@ -204,7 +218,7 @@ class Volume(object):
     def _cannot_decode(self, exc):
         compressed = getattr(self.ds.file_meta.TransferSyntaxUID, "is_compressed", False)
         if self.opencv_error:  # OpenCV tried first: a corrupt stream, or one it cannot read (12-bit JPEG)
-            return "{} (a corrupt stream?), and no installed pydicom decoder could ({}); if the file is sound, " \
+            return "{} (corrupt, or 12-bit), and no installed pydicom decoder could ({}); if the file is sound, " \
                    "another decoder may: {}".format(self.opencv_error, type(exc).__name__,
                                                     INSTALL_HINTS.get(self.syntax, _DEFAULT_HINT))
         if compressed and ("handler" in str(exc).lower() or "plugin" in str(exc).lower()
@@ -346,48 +360,3 @@ class DicomFile(ImageFiles):
         except ImportError as exc:
             raise SourceError("{}: {}".format(uri.path, exc))
         super(DicomFile, self).__init__(uri, options)
-
-
-class VolumeTally(object):
-    """Counts the results of each multi-frame volume; ``add`` returns its summary once its last frame is in.
-
-    The summary is a JSON-able dict: path, modality, dicom_modality, frames,
-    statuses {status: n}, labels {label: n} (ok frames). Frames may arrive in
-    any order; a volume cut short by a stop never completes and is dropped
-    with the tally.
-    """
-
-    def __init__(self):
-        self.open = {}
-
-    def add(self, frame, result):
-        meta = frame.meta
-        if meta.get("frames", 1) < 2 or "index" not in meta:
-            return None
-        path = meta.get("path", frame.source_id)
-        entry = self.open.setdefault(path, {
-            "path": path, "modality": meta.get("modality"), "dicom_modality": meta.get("dicom_modality"),
-            "frames": meta["frames"], "statuses": Counter(), "labels": Counter()})
-        entry["statuses"][result.status] += 1
-        if result.status == "ok" and result.label:
-            entry["labels"][result.label] += 1
-        if sum(entry["statuses"].values()) < entry["frames"]:
-            return None
-        del self.open[path]
-        entry["statuses"], entry["labels"] = dict(entry["statuses"]), dict(entry["labels"])
-        return entry
-
-
-def summary_line(summary):
-    """One console line for a volume's summary."""
-    parts = []
-    for status in ("ok", "skipped", "ungradable", "error"):
-        n = summary["statuses"].get(status)
-        if n:
-            labels = ""
-            if status == "ok" and summary["labels"]:
-                labels = " ({})".format(", ".join("{} {}".format(l, c) for l, c in
-                                                  sorted(summary["labels"].items(), key=lambda kv: -kv[1])))
-            parts.append("{} {}{}".format(n, status, labels))
-    return "volume {}: {} frames, {} (DICOM {}): {}".format(
-        summary["path"], summary["frames"], summary["modality"], summary["dicom_modality"], ", ".join(parts))

@@ -13,6 +13,7 @@ import os
 import sys
 
 from edge.io.uri import UriError, parse_output
+from edge.io.volumes import VolumeTally, summary_line
 
 # scheme -> (module, class)
 OUTPUTS = {
@@ -125,12 +126,11 @@ class ConsoleOutput(object):
 
     Paths under the working folder are shown relative to it; files and the
     ledger keep them absolute. A multi-frame volume (an OCT scan) gets a
-    summary line after its last frame (``edge.io.dicom.VolumeTally``) in
+    summary line after its last frame (``edge.io.volumes.VolumeTally``) in
     place of one "skipped" line per frame.
     """
 
     def __init__(self, stream=None, errors_only=False):
-        from edge.io.dicom import VolumeTally
         self.stream = stream or sys.stdout
         self.errors_only = errors_only
         self.cwd = os.getcwd() + os.sep
@@ -150,7 +150,6 @@ class ConsoleOutput(object):
             line = "{} {}: {}".format(r.status, self.short(r.path), r.error)  # a volume's skips: its summary
         volume = self.volumes.add(frame, r)
         if volume is not None:
-            from edge.io.dicom import summary_line
             line = (line + "\n" if line else "") + self.short(summary_line(volume))
         if line:
             self.stream.write(line + "\n")

@@ -13,12 +13,13 @@ import pytest
 from edge.io.decode import ImageError
 from edge.io.sources import SourceError, list_images, open_source, read_file_frame
 from edge.records import Frame, Result
-from synthetic import (JPEG_BASELINE, JPEG_LS_LOSSLESS, OP_IMAGE_16, bscan, jpeg_bytes, make_dicom,
+from synthetic import (JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_LOSSLESS, OP_IMAGE_16, bscan, jpeg_bytes, make_dicom,
                        upright_pattern, ybr_full_422)
 
 pytest.importorskip("pydicom", reason="pydicom is not installed (pip install 'pydicom>=2.3')")
 
-from edge.io.dicom import DicomFile, VolumeTally, dicom_frames, stored_to_rgb8, summary_line  # noqa: E402
+from edge.io.dicom import DicomFile, dicom_frames, stored_to_rgb8  # noqa: E402
+from edge.io.volumes import VolumeTally, summary_line  # noqa: E402
 
 
 def write(folder, name, data):
@@ -234,9 +235,34 @@ def test_stored_to_rgb8_refuses_what_it_does_not_know():
 
 
 
-def test_a_corrupt_jpeg_frame_is_one_error_row_saying_opencv_could_not_read_it(tmp_path):
+def test_a_12_bit_jpeg_opencv_cannot_read_is_one_error_row_saying_what_to_install(tmp_path):
+    stream = bytearray(jpeg_bytes(upright_pattern()))
+    stream[stream.index(b"\xff\xc0") + 4] = 12  # sample precision 12: OpenCV's libjpeg reads 8 bits
+    path = write(tmp_path, "jpeg12.dcm", make_dicom(upright_pattern(), "YBR_FULL_422", syntax=JPEG_EXTENDED,
+                                                    frames=2, encoded_frames=[bytes(stream)] * 2))
+    (frame,) = frames_of(path)  # no installed decoder reads it: one row for the file, not one per frame
+    if not frame.error:
+        pytest.skip("a 12-bit JPEG decoder (pylibjpeg or GDCM) is installed here")
+    assert frame.source_id == path
+    assert frame.error.startswith("decode: {} frame 0: OpenCV cannot decode this JPEG Extended".format(path))
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in frame.error
+
+
+def test_a_broken_jpeg_frame_header_is_named_and_not_handed_to_other_decoders(tmp_path):
     path = write(tmp_path, "badjpeg.dcm", make_dicom(upright_pattern(), "YBR_FULL_422", syntax=JPEG_BASELINE,
                                                      encoded_frames=[b"\xff\xd8\xff\xe0garbage\xff\xd9"]))
     (frame,) = frames_of(path)
-    assert frame.error.startswith("decode: {}: OpenCV cannot decode this JPEG Baseline".format(path)), frame.error
-    assert "pip install" in frame.error
+    assert frame.error == "decode: {}: truncated JPEG (segment FFE0 at byte 2 runs past the end)".format(path)
+
+
+def test_a_truncated_jpeg_frame_is_an_error_row_for_that_frame_only(tmp_path):
+    rgb = upright_pattern()
+    good, cut = jpeg_bytes(rgb), jpeg_bytes(rgb[::-1])
+    cut = cut[:len(cut) - 40]  # no end-of-image marker: OpenCV 4.6 would fill the rest grey
+    path = write(tmp_path, "cut.dcm", make_dicom(rgb, "YBR_FULL_422", syntax=JPEG_BASELINE, frames=2,
+                                                 encoded_frames=[good, cut + b"\x00" * (len(cut) % 2)]))
+    first, second = frames_of(path)
+    assert first.error == "" and first.source_id == path + "#0"
+    assert second.image is None and second.source_id == path + "#1"
+    assert second.error == "decode: {} frame 1: truncated JPEG (no end-of-image marker after the last scan)".format(
+        path)
