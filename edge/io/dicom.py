@@ -133,6 +133,15 @@ class Volume(object):
             raise ImageError("{}: DICOM declares {}x{} pixels per frame, more than the {:.0f} MP limit".format(
                 self.source, self.columns, self.rows, MAX_PIXELS / 1e6))
         volume_bytes = self.rows * self.columns * self.samples * self.frames * max(1, self.bits_allocated // 8)
+        native = not getattr(ds.file_meta.TransferSyntaxUID, "is_compressed", False)
+        if native:  # uncompressed: the header says how many bytes there must be
+            bits = self.rows * self.columns * self.frames * self.bits_allocated * (
+                2 if self.photometric == "YBR_FULL_422" else self.samples)
+            needed, held = (bits + 7) // 8, len(ds.PixelData)
+            if held < needed:
+                raise ImageError("{}: truncated DICOM (the pixel data holds {} bytes, the header declares {} "
+                                 "frame(s) of {}x{}: {} bytes)".format(self.source, held, self.frames, self.columns,
+                                                                       self.rows, needed))
         if volume_bytes > MAX_VOLUME_BYTES:
             raise ImageError("{}: DICOM volume of {} frames would decode to {:.1f} GiB, more than the {:.0f} GiB "
                              "limit".format(self.source, self.frames, volume_bytes / 2.0 ** 30,

@@ -156,7 +156,8 @@ def _broken_dicoms():
     return [
         ("garbage.dcm", b"\x00" * 128 + b"DICM" + np.random.RandomState(0).bytes(200), "no pixel data"),
         ("cut.dcm", good[:200], "no pixel data in this DICOM (Modality ?): a truncated file"),
-        ("short.dcm", good[:pixel_at + 500], "pixel data"),
+        ("short.dcm", good[:pixel_at + 500], "truncated DICOM (the pixel data holds 488 bytes, the header "
+                                             "declares 1 frame(s) of 64x48: 9216 bytes)"),
         ("nodicm.dcm", b"hello, this is not DICOM at all" * 10, "not a DICOM file (no 'DICM' mark"),
         ("empty.dcm", b"", "not a DICOM file"),
     ]
