@@ -9,7 +9,9 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-EDGE = ["numpy>=1.19", "opencv-python-headless>=4.5", "onnxruntime>=1.10"]
+# pydicom 2.3.1 is the last release for Python 3.6 and runs on 3.11 too (pinned in requirements/);
+# edge/io/dicom.py also works with pydicom 3
+EDGE = ["numpy>=1.19", "opencv-python-headless>=4.5", "onnxruntime>=1.10", "pydicom>=2.3"]
 # optional: PNG plots from `retina-edge profile` (matplotlib 3.3.4 is the last for Python 3.6),
 # and power readings on desktop NVIDIA GPUs through NVML (Jetsons have no NVML)
 PLOTS = ["matplotlib>=3.3"]
