@@ -12,7 +12,8 @@ scales and float biases in the same Q/DQ graph, so its layout (and what
 TensorRT reads from it) does not change.
 
 Covers the operators of convolutional classifiers (Conv, Clip/Relu, Pad, Add,
-Mul, pooling, Flatten, Gemm/MatMul); any other operator is refused by name.
+Mul, global average pooling, Flatten, Gemm/MatMul); any other operator is
+refused by name.
 """
 import numpy as np
 import onnx
@@ -48,7 +49,7 @@ def weight_scale(w, axis=None):
 class OnnxNet(nn.Module):
     """A Q/DQ (or plain float) ONNX classifier run by PyTorch; float initializers are parameters."""
 
-    OPS = ("Conv", "Clip", "Relu", "Pad", "Add", "Mul", "GlobalAveragePool", "Flatten", "Gemm", "MatMul",
+    OPS = ("Conv", "Clip", "Relu", "Pad", "Add", "Mul", "GlobalAveragePool", "ReduceMean", "Flatten", "Gemm", "MatMul",
            "QuantizeLinear", "DequantizeLinear", "Constant")
 
     def __init__(self, model, input_name, output_name):
@@ -73,10 +74,12 @@ class OnnxNet(nn.Module):
                     shape[axis] = -1
                 self._param(node.input[0], q * scale.reshape(shape))
                 self.weight_dq[node.output[0]] = (node.input[0], axis if scale.ndim else None)
+        quant_params = set(i for n in self.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                           for i in n.input[1:])  # scales and zero points: fixed, or recomputed from the weight
         for name, value in inits.items():
             if name in self.names:
                 continue
-            if value.dtype == np.float32 and value.ndim >= 1 and value.size > 1:
+            if value.dtype == np.float32 and value.ndim >= 1 and value.size > 1 and name not in quant_params:
                 self._param(name, value)
             else:
                 self.consts[name] = torch.from_numpy(np.array(value))
@@ -176,6 +179,7 @@ _FLOAT_OPS = {
     "Add": lambda args, a: args[0] + args[1],
     "Mul": lambda args, a: args[0] * args[1],
     "GlobalAveragePool": lambda args, a: args[0].mean(dim=(2, 3), keepdim=True),
+    "ReduceMean": lambda args, a: args[0].mean(dim=tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1))),
     "Flatten": lambda args, a: torch.flatten(args[0], a.get("axis", 1)),
     "Gemm": _gemm,
     "MatMul": lambda args, a: args[0] @ args[1],

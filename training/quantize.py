@@ -98,8 +98,9 @@ def calibrate(model_path, images, spec, input_name, method, percentile, work_dir
     return kind, calibrator.compute_data()
 
 
-def quantize_int8(fp32_model, images, spec, input_name, options, log=print):
-    """The INT8 Q/DQ model and a record of how it was made."""
+def quantize_int8(fp32_model, images, spec, input_name, options, log=print, finetune_images=None):
+    """The INT8 Q/DQ model and a record of how it was made; calibrated on ``images``, fine-tuned (if asked)
+    on ``finetune_images`` (default: the same images)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
     shape = [d.dim_value or 1 for d in fp32_model.graph.input[0].type.tensor_type.shape.dim]
@@ -122,12 +123,13 @@ def quantize_int8(fp32_model, images, spec, input_name, options, log=print):
               "fp32_nodes": len(keep), "fine_tuning": None}
     if options["finetune_epochs"]:
         from training import qat  # torch: only for fine-tuning
-        output_name = fp32_model.graph.output[0].name
+        tune = images if finetune_images is None else finetune_images
         log("fine-tuning the Q/DQ weights to the fp32 logits: {} epoch(s) on {} training images".format(
-            options["finetune_epochs"], len(images)))
-        model = qat.finetune(model, folded, input_name, output_name, images, spec, epochs=options["finetune_epochs"],
-                             lr=options["finetune_lr"], seed=options["seed"], log=log)
-        record["fine_tuning"] = {"epochs": options["finetune_epochs"], "lr": options["finetune_lr"], "images": len(images),
+            options["finetune_epochs"], len(tune)))
+        epochs, lr = options["finetune_epochs"], options["finetune_lr"]
+        model = qat.finetune(model, folded, input_name, fp32_model.graph.output[0].name, tune, spec,
+                             epochs=epochs, lr=lr, seed=options["seed"], log=log)
+        record["fine_tuning"] = {"epochs": epochs, "lr": lr, "images": len(tune),
                                  "loss": "mean squared logit difference to fp32 (no labels)"}
     record["nodes"] = onnxgraph.check_explicit_int8(model)
     onnx.checker.check_model(model)
@@ -197,8 +199,9 @@ def quantize_bundle(bundle_dir, data, options=None, precisions=PRECISIONS, repor
             train = [s for s in samples if s.split == "train"]
             chosen = stratified_subset(train, options["calibration_images"], options["seed"])
             log("int8: calibrating ({}) on {} of {} training images".format(options["method"], len(chosen), len(train)))
+            tune = datalib.prepare_images(train, spec, cache_dir, log) if options["finetune_epochs"] else None
             model, record = quantize_int8(fp32_model, datalib.prepare_images(chosen, spec, cache_dir, log), spec,
-                                          input_name, options, log)
+                                          input_name, options, log, finetune_images=tune)
             entry = {"kind": "qdq-int8", "opset": onnxgraph.OPSET, "quantization": record,
                      "calibration": {"method": options["method"], "percentile": options["percentile"]
                                      if options["method"] == "percentile" else None,
@@ -238,7 +241,8 @@ def describe(precision, entry):
 
 def main(args, log=print):
     options = {"method": args.method, "percentile": args.percentile, "calibration_images": args.calibration_images,
-               "keep_fp32": args.keep_fp32, "finetune_epochs": args.finetune_epochs, "seed": args.seed}
+               "keep_fp32": args.keep_fp32, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+               "seed": args.seed}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     bundle = quantize_bundle(args.bundle, args.data, options, precisions, args.report_test, args.cache_dir or None,
                              log)
@@ -265,7 +269,8 @@ def add_arguments(p):
     p.add_argument("--finetune-epochs", type=int, default=DEFAULTS["finetune_epochs"], metavar="N",
                    help="quantization-aware fine-tuning epochs on the training images (needs torch; default "
                         "%(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"], help="(default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="calibration subset and fine-tuning seed")
     p.add_argument("--report-test", action="store_true",
                    help="also measure and record the test split (once, for the shipped recipe; never tune on it)")
     p.add_argument("--cache-dir", default=".cache/prepared", help="prepared-image cache ('' for none)")

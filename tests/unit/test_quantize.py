@@ -177,3 +177,47 @@ def test_quantize_bundle_writes_both_variants_and_their_agreement(tiny_bundle, t
         assert "agreement_test" not in again.variants[precision]
     with open(os.path.join(bundle.root, "MODEL_CARD.md")) as f:
         assert "Precision variants" in f.read()
+
+
+# ---- quantization-aware fine-tuning from the ONNX graph alone (training/qat.py)
+
+def test_onnxnet_runs_the_float_and_the_qdq_graph_like_onnxruntime(tiny_model, int8, images, spec):
+    from training import qat
+    x = torch.from_numpy(quantize.normalize(images[:8], spec))
+    for model, precision in ((tiny_model, "fp32"), (int8[0], "int8")):
+        with torch.no_grad():
+            got = qat.OnnxNet(model, "input", "logits")(x).numpy()
+        expected = quantize.logits_of(model, precision, images[:8], spec, "input", "logits")
+        assert np.abs(got - expected).max() < 1e-4, precision
+
+
+def test_write_back_of_an_untrained_net_changes_nothing(int8):
+    from training import qat
+    model = int8[0]
+    again = qat.OnnxNet(model, "input", "logits").write_back(model)
+    assert sorted((i.name, numpy_helper.to_array(i).tobytes()) for i in again.graph.initializer) == \
+        sorted((i.name, numpy_helper.to_array(i).tobytes()) for i in model.graph.initializer)
+
+
+def test_finetuning_moves_the_weights_and_keeps_the_qdq_form(tiny_model, int8, images, spec):
+    from training import qat
+    tuned = qat.finetune(int8[0], tiny_model, "input", "logits", images, spec, epochs=2, lr=1e-3, batch_size=8,
+                         log=lambda *a: None)
+    onnxgraph.check_explicit_int8(tuned)
+    before, after = _inits(int8[0]), _inits(tuned)
+    assert set(before) == set(after)
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    assert [n.op_type for n in tuned.graph.node] == [n.op_type for n in int8[0].graph.node]
+
+
+def test_finetuned_int8_weights_and_scales_agree_with_what_the_net_computed(tiny_model, int8, images, spec):
+    """write_back must store each weight's int8 values with the scale they were rounded with."""
+    from training import qat
+    net = qat.OnnxNet(int8[0], "input", "logits")
+    with torch.no_grad():
+        for name, _ in net.weight_dq.values():
+            net.params[net.names[name]].mul_(1.3)  # moves every weight's maximum, so every scale must change
+        expected = net(torch.from_numpy(quantize.normalize(images[:8], spec))).numpy()
+    written = net.write_back(int8[0])
+    got = quantize.logits_of(written, "int8", images[:8], spec, "input", "logits")
+    assert np.abs(got - expected).max() < 1e-4
