@@ -57,11 +57,11 @@ def fold_static_pads(model, input_name, input_shape):
     timm's TF-"same" padding makes the exporter compute each stride-2 Pad from
     Shape -> Gather -> Ceil -> ... at run time. Height and width are fixed by
     the bundle, so those amounts are constants: evaluated here at batch 1 and 3
-    (they must agree, or the model is left as it was) and stored as
-    initializers. The quantizer and TensorRT then see Conv/Pad/Clip only.
+    (they must agree, or the amounts stay computed) and stored as
+    initializers; a zero constant_value is dropped. The quantizer and
+    TensorRT then see Pad with constant amounts only.
     """
-    folded = onnx.ModelProto()
-    folded.CopyFrom(model)
+    folded = _drop_zero_pad_values(model)
     inits = _initializer_names(folded)
     targets = sorted(set(n.input[1] for n in folded.graph.node
                          if n.op_type == "Pad" and len(n.input) > 1 and n.input[1] and n.input[1] not in inits))
@@ -85,6 +85,25 @@ def fold_static_pads(model, input_name, input_shape):
     folded.graph.node.extend(nodes)
     folded.graph.initializer.extend(numpy_helper.from_array(values[t], t) for t in targets)
     return prune(folded)
+
+
+def _drop_zero_pad_values(model):
+    """A copy without Pad's optional constant_value input where it is a constant 0 (the default anyway).
+
+    Left in, the quantizer wraps that scalar in Q/DQ, and TensorRT's ONNX
+    parser needs constant_value to be an initializer.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants = dict((i.name, numpy_helper.to_array(i)) for i in out.graph.initializer)
+    for node in out.graph.node:
+        if node.op_type == "Constant" and _attribute(node, "value") is not None:
+            constants[node.output[0]] = numpy_helper.to_array(_attribute(node, "value"))
+    for node in out.graph.node:
+        if node.op_type == "Pad" and len(node.input) == 3 and node.input[2] in constants \
+                and not np.any(constants[node.input[2]]):
+            del node.input[2]
+    return prune(out)
 
 
 def _is_depthwise(node):
@@ -145,7 +164,8 @@ def check_explicit_int8(model):
 
     Every QuantizeLinear/DequantizeLinear is int8 with zero points 0 (symmetric);
     weights are dequantized per output channel (axis 0 for Conv); no int32 bias
-    Q/DQ (TensorRT takes float biases); opset at most 13. Returns a summary dict.
+    Q/DQ (TensorRT takes float biases); Pad amounts and Clip bounds constant;
+    opset at most 13. Returns a summary dict.
     """
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset > OPSET:
@@ -177,6 +197,11 @@ def check_explicit_int8(model):
                 if scale.size != weight.shape[0] or _attribute(node, "axis", 1) != 0:
                     raise ValueError("{}: Conv weights must be per output channel (axis 0)".format(node.name))
                 counts["per_channel_weights"] += 1
+    made_by = dict((o, n.op_type) for n in model.graph.node for o in n.output)
+    for node in model.graph.node:
+        if node.op_type in ("Pad", "Clip") and any(made_by.get(i) == "DequantizeLinear" for i in node.input[1:]):
+            raise ValueError("{}: {} parameters come through Q/DQ; TensorRT needs them constant".format(
+                node.name, node.op_type))
     if not counts["DequantizeLinear"]:
         raise ValueError("no Q/DQ nodes: the model is not quantized")
     return counts

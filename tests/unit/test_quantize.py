@@ -118,25 +118,31 @@ def test_fp16_variant_is_float16_inside_with_float32_io(tiny_model, images, spec
     assert np.abs(got - reference).max() < 1e-2 * max(1.0, np.abs(reference).max())
 
 
-def test_fold_static_pads_turns_shape_arithmetic_into_constants(tmp_path):
-    """timm's TF-'same' convolution exports its padding as Shape/Gather/Ceil arithmetic; folding keeps the output."""
+def test_fold_static_pads_turns_shape_arithmetic_into_constants(images, spec):
+    """timm's TF-'same' convolution exports its padding as Shape/Gather/Ceil arithmetic; folding keeps the
+    output, drops the zero pad value, and the quantized result passes TensorRT's checks (constant Pad inputs)."""
     import io
     import timm.layers
-    import onnxruntime as ort
     torch.manual_seed(0)
-    net = torch.nn.Sequential(timm.layers.Conv2dSame(3, 4, 3, stride=2), torch.nn.ReLU6()).eval()
+    net = torch.nn.Sequential(timm.layers.Conv2dSame(3, 4, 3, stride=2), torch.nn.ReLU6(),
+                              timm.layers.Conv2dSame(4, 4, 3, stride=2), torch.nn.ReLU6()).eval()
     buf = io.BytesIO()
-    torch.onnx.export(net, torch.zeros(1, 3, 33, 33), buf, opset_version=13, input_names=["input"],
-                      output_names=["out"], dynamic_axes={"input": {0: "N"}, "out": {0: "N"}}, dynamo=False)
+    torch.onnx.export(net, torch.zeros(1, 3, 32, 32), buf, opset_version=13, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
     model = onnx.load_from_string(buf.getvalue())
     assert "Shape" in [n.op_type for n in model.graph.node]
-    folded = onnxgraph.fold_static_pads(model, "input", [1, 3, 33, 33])
+    folded = onnxgraph.fold_static_pads(model, "input", [1, 3, 32, 32])
     assert set(n.op_type for n in folded.graph.node) <= {"Pad", "Conv", "Clip", "Constant"}
+    assert all(len(n.input) == 2 for n in folded.graph.node if n.op_type == "Pad")
     onnx.checker.check_model(folded)
-    x = np.random.RandomState(1).randn(2, 3, 33, 33).astype(np.float32)  # batch 2: the batch axis stays free
-    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
-    after = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
-    assert np.array_equal(before[0], after[0])
+    before = quantize.logits_of(model, "fp32", images, spec, "input", "logits", batch_size=3)  # batch stays free
+    after = quantize.logits_of(folded, "fp32", images, spec, "input", "logits", batch_size=3)
+    assert np.array_equal(before, after)
+    int8, record = quantize.quantize_int8(model, images, spec, "input", OPTIONS, log=lambda *a: None)
+    assert record["nodes"]["per_channel_weights"] == 2
+    made_by = dict((o, n.op_type) for n in int8.graph.node for o in n.output)
+    pads = [n for n in int8.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 2 and all(made_by.get(n.input[1]) is None for n in pads)
 
 
 def test_select_nodes_rules(tiny_model):
