@@ -65,7 +65,7 @@ def _how(entry):
         return "float16 inside, float32 input/output"
     cal, q = entry.get("calibration", {}), entry.get("quantization", {})
     method = cal.get("method", "?") + (" {}".format(cal["percentile"]) if cal.get("percentile") else "")
-    text = "Q/DQ int8, {} calibration on {} {} images; kept fp32: {}".format(
+    text = "Q/DQ int8, {} calibration on {} {} images; left in float: {}".format(
         method, cal.get("images"), cal.get("split"), q.get("keep_fp32") or "nothing")
     if q.get("fine_tuning"):
         text += "; fine-tuned {} epoch(s) to the fp32 logits".format(q["fine_tuning"]["epochs"])
@@ -86,6 +86,8 @@ def _variants(variants):
                 lines.append("| {} | `{}` | {} | {} ({}) | {} | {} ({}) | {:.3f} |".format(
                     precision, entry["file"], _how(entry), a["split"], a["images"], _pct(a["top1_agreement"]),
                     _pct(a["accuracy"]), _pct(a["fp32_accuracy"]), a["max_abs_prob_diff"]))
+    commands = sorted(set(e["command"] for e in variants.values() if e.get("command")))
+    lines += ["", "Variants made with: " + "; ".join("`{}`".format(c) for c in commands)] if commands else []
     return lines + [""]
 
 

@@ -11,6 +11,8 @@ on the VAL split through ONNX Runtime, as `retina-edge run --precision` runs
 it, and recorded in the manifest; the test split only with --report-test.
 """
 import os
+import shlex
+import sys
 import tempfile
 
 import numpy as np
@@ -23,10 +25,17 @@ from models.bundle import load_bundle, write_variants
 from training import data as datalib, modelcard, onnxgraph
 
 # The shipped recipe, chosen on the val split (README "Precision variants" has the experiment table).
-DEFAULTS = {"method": "percentile", "percentile": 99.999, "calibration_images": 256, "keep_fp32": "convs:9,head",
+DEFAULTS = {"method": "percentile", "percentile": 99.999, "calibration_images": 256, "keep_fp32": "convs:15,head",
             "finetune_epochs": 0, "finetune_lr": 5e-5, "seed": 0}
 METHODS = ("minmax", "entropy", "percentile")
 PRECISIONS = ("int8", "fp16")
+# how ONNX Runtime's CPU provider evaluates each variant: what an agreement figure does and does not show
+RUNTIME_NOTES = {
+    "fp32": "",
+    "int8": "Q/DQ evaluated in float as written, as TensorRT computes it (session.disable_quant_qdq=1)",
+    "fp16": "the CPU provider computes in float32 from the float16 weights: checks the conversion, not float16 "
+            "arithmetic",
+}
 
 
 def bundle_samples(bundle, data):
@@ -156,7 +165,7 @@ def logits_of(model, precision, images, spec, input_name, output_name, batch_siz
     return np.concatenate(out).astype(np.float32)
 
 
-def agreement(reference, variant, targets, split):
+def agreement(reference, variant, targets, split, precision="int8"):
     """How a variant's logits compare with fp32's: the manifest's ``agreement`` record."""
     ref_top, var_top = reference.argmax(1), variant.argmax(1)
     return {"split": split, "images": int(len(targets)),
@@ -165,11 +174,11 @@ def agreement(reference, variant, targets, split):
             "fp32_accuracy": float(np.mean(ref_top == targets)),
             "accuracy": float(np.mean(var_top == targets)),
             "max_abs_prob_diff": float(np.abs(_softmax(reference) - _softmax(variant)).max()),
-            "runtime": "onnxruntime {} CPU".format(ort.__version__)}
+            "runtime": "onnxruntime {} CPU; {}".format(ort.__version__, RUNTIME_NOTES.get(precision, ""))}
 
 
 def quantize_bundle(bundle_dir, data, options=None, precisions=PRECISIONS, report_test=False, cache_dir=None,
-                    log=print):
+                    log=print, command=""):
     """Make the variants of the bundle in ``bundle_dir``, measure them on val and write them into it."""
     options = dict(DEFAULTS, **(options or {}))
     if options["method"] not in METHODS:
@@ -215,11 +224,13 @@ def quantize_bundle(bundle_dir, data, options=None, precisions=PRECISIONS, repor
                      "note": "float16 inside, Cast at the float32 input and output"}
         else:
             raise ValueError("unknown precision {!r}; choose from {}".format(precision, PRECISIONS))
+        if command:
+            entry["command"] = command
         entry["agreement"] = agreement(reference, logits_of(model, precision, val_images, spec, input_name,
-                                                            output_name), val_targets, "val")
+                                                            output_name), val_targets, "val", precision)
         if test is not None:
             entry["agreement_test"] = agreement(test[2], logits_of(model, precision, test[0], spec, input_name,
-                                                                   output_name), test[1], "test")
+                                                                   output_name), test[1], "test", precision)
         log(describe(precision, entry))
         made[precision] = (model.SerializeToString(), entry)
     bundle = write_variants(bundle_dir, made)
@@ -244,8 +255,9 @@ def main(args, log=print):
                "keep_fp32": args.keep_fp32, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
                "seed": args.seed}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
     bundle = quantize_bundle(args.bundle, args.data, options, precisions, args.report_test, args.cache_dir or None,
-                             log)
+                             log, command)
     for precision in precisions:
         log("wrote {} (sha256 {})".format(bundle.model_path(precision), bundle.variants[precision]["sha256"][:16]))
     return bundle
