@@ -227,3 +227,55 @@ def test_finetuned_int8_weights_and_scales_agree_with_what_the_net_computed(tiny
     written = net.write_back(int8[0])
     got = quantize.logits_of(written, "int8", images[:8], spec, "input", "logits")
     assert np.abs(got - expected).max() < 1e-4
+
+
+# ---- the command line
+
+def _split_csv(tmp_path, fundus_dir, per_class=3):
+    path = str(tmp_path / "split.csv")
+    with open(path, "w") as f:
+        f.write("path,label,group,split\n")
+        for label in LABELS:
+            names = sorted(os.listdir(os.path.join(fundus_dir, label)))[:per_class]
+            for i, name in enumerate(names):
+                f.write("{},{},image:{}/{},{}\n".format(os.path.join(fundus_dir, label, name), label, label, name,
+                                                        "val" if i == 0 else "train"))
+    return path
+
+
+def _retina_train(args, env):
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "training"] + args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_quantize_command_adds_variants_to_a_bundle(tiny_bundle, tmp_path, fundus_dir, subprocess_env):
+    data = _split_csv(tmp_path, fundus_dir)
+    code, out, err = _retina_train(["quantize", "--bundle", tiny_bundle.root, "--data", data, "--keep-fp32", "",
+                                    "--calibration-images", "6", "--method", "minmax", "--cache-dir", ""],
+                                   subprocess_env)
+    assert code == 0, err
+    assert "int8 on val (4 images): top-1 agreement with fp32" in out
+    assert "fp16 on val (4 images)" in out and "model.int8.onnx" in out
+    bundle = load_bundle(tiny_bundle.root)
+    assert bundle.precisions == ["fp32", "fp16", "int8"]
+    assert bundle.variants["int8"]["calibration"]["images"] == 6
+    assert bundle.variants["int8"]["command"].startswith("retina-train quantize --bundle")
+
+
+def test_quantize_refuses_a_split_other_than_the_bundles(tiny_bundle, tmp_path, fundus_dir, subprocess_env):
+    import json
+    path = os.path.join(tiny_bundle.root, "bundle.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["provenance"]["data"]["split_sha256"] = "0" * 64
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    code, out, err = _retina_train(["quantize", "--bundle", tiny_bundle.root, "--data",
+                                    _split_csv(tmp_path, fundus_dir)], subprocess_env)
+    assert code == 1
+    assert "not the split this bundle was trained on" in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(tiny_bundle.root, "model.int8.onnx"))
