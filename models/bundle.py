@@ -5,6 +5,12 @@ says everything the device needs to reproduce evaluation-time preprocessing
 and read the outputs. Reading a bundle validates it; a bundle that does not
 match its manifest is refused with a message naming the file and the field.
 
+Optional precision variants (``retina-train quantize``) sit beside the fp32
+model and are listed under ``"variants"``: ``{"int8": {"file":
+"model.int8.onnx", "sha256": ..., "kind": "qdq-int8", "calibration": {...},
+"agreement": {...}}, "fp16": {...}}``. Each is validated like the main model;
+bundles without variants are complete bundles.
+
 Standard library and Python 3.6 only: both ``training`` and ``edge`` import it.
 """
 import hashlib
@@ -60,6 +66,8 @@ _FIELDS = (
     ("provenance.commit", str),
     ("metrics", dict),
 )
+# each entry of the optional "variants" object; "calibration" and "agreement" are free-form records
+_VARIANT_FIELDS = (("file", str), ("sha256", str), ("kind", str))
 
 
 class BundleError(ValueError):
@@ -151,6 +159,40 @@ def _check_values(m, where):
         raise bad("model.sha256", "must be 64 hex digits")
     if m.get("modality", DEFAULT_MODALITY) not in MODALITIES:
         raise bad("modality", "is {!r}; must be one of {}".format(m.get("modality"), MODALITIES))
+    _check_variants(m, bad)
+
+
+def _is_sha256(text):
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower())
+
+
+def _check_variants(m, bad):
+    """``variants`` is optional; each entry names a plain file in the bundle folder and its sha256."""
+    if "variants" not in m:
+        return
+    variants = m["variants"]
+    if not isinstance(variants, dict):
+        raise bad("variants", "must be an object of precision -> {file, sha256, kind}")
+    files = set([m["model"]["file"]])
+    for precision, entry in sorted(variants.items()):
+        field = "variants." + precision
+        if precision == "fp32" or not precision:
+            raise bad(field, "is not a variant name (fp32 is model.file)")
+        if not isinstance(entry, dict):
+            raise bad(field, "must be an object with file, sha256 and kind")
+        for key, types in _VARIANT_FIELDS:
+            if key not in entry:
+                raise bad(field + "." + key, "is missing")
+            if not isinstance(entry[key], types):
+                raise bad(field + "." + key, "has type {}".format(type(entry[key]).__name__))
+        name = entry["file"]
+        if not name or os.path.basename(name) != name or name in (".", ".."):
+            raise bad(field + ".file", "must be a file name inside the bundle folder, not {!r}".format(name))
+        if name in files:
+            raise bad(field + ".file", "{!r} is already used by another model".format(name))
+        files.add(name)
+        if not _is_sha256(entry["sha256"]):
+            raise bad(field + ".sha256", "must be 64 hex digits")
 
 
 class Bundle(object):
@@ -167,6 +209,11 @@ class Bundle(object):
     @property
     def onnx_path(self):
         return os.path.join(self.root, self.manifest["model"]["file"])
+
+    @property
+    def variants(self):
+        """precision -> the manifest's variant entry (file, sha256, kind, calibration, agreement)."""
+        return dict(self.manifest.get("variants", {}))
 
     @property
     def precisions(self):
@@ -226,15 +273,28 @@ def load_bundle(root, verify_sha256=True):
         raise BundleError("{}: not valid JSON ({})".format(manifest_path, exc))
     validate_manifest(manifest, where=manifest_path)
     bundle = Bundle(root, manifest)
-    if not os.path.isfile(bundle.onnx_path):
-        raise BundleError("{}: model file named in model.file is missing".format(bundle.onnx_path))
-    if verify_sha256:
-        actual = sha256_file(bundle.onnx_path)
-        expected = manifest["model"]["sha256"]
-        if actual != expected:
-            raise BundleError("{}: sha256 mismatch: manifest model.sha256 is {}, file has {}".format(
-                bundle.onnx_path, expected, actual))
+    models = [("model", bundle.onnx_path, manifest["model"])]
+    models += [("variants." + p, bundle.model_path(p), v) for p, v in sorted(bundle.variants.items())]
+    for field, path, entry in models:
+        if not os.path.isfile(path):
+            raise BundleError("{}: model file named in {}.file is missing".format(path, field))
+        if verify_sha256:
+            actual = sha256_file(path)
+            if actual != entry["sha256"]:
+                raise BundleError("{}: sha256 mismatch: manifest {}.sha256 is {}, file has {}".format(
+                    path, field, entry["sha256"], actual))
     return bundle
+
+
+def _write_atomically(path, data):
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def _write_manifest(root, manifest):
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    _write_atomically(os.path.join(root, MANIFEST_NAME), text.encode("utf-8"))
 
 
 def write_bundle(root, onnx_bytes, manifest):
@@ -252,15 +312,35 @@ def write_bundle(root, onnx_bytes, manifest):
     validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
     if not os.path.isdir(root):
         os.makedirs(root)
-    onnx_path = os.path.join(root, ONNX_NAME)
-    with open(onnx_path + ".tmp", "wb") as f:
-        f.write(onnx_bytes)
-    os.replace(onnx_path + ".tmp", onnx_path)
-    manifest_path = os.path.join(root, MANIFEST_NAME)
-    with open(manifest_path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(manifest_path + ".tmp", manifest_path)
+    _write_atomically(os.path.join(root, ONNX_NAME), onnx_bytes)
+    _write_manifest(root, manifest)
+    return load_bundle(root)
+
+
+def variant_file_name(precision):
+    """Where a variant lives in the bundle folder: model.int8.onnx, model.fp16.onnx."""
+    return "model.{}.onnx".format(precision)
+
+
+def write_variants(root, variants):
+    """Add or replace precision variants of the bundle in ``root``; model.onnx is left untouched.
+
+    ``variants`` maps precision -> (onnx bytes, entry); the entry's ``file`` and
+    ``sha256`` are filled in. The bundle is verified first, the variant files
+    are written before the manifest that names them, and the manifest last.
+    """
+    bundle = load_bundle(root)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    listed = manifest.setdefault("variants", {})
+    for precision, (data, entry) in sorted(variants.items()):
+        entry = json.loads(json.dumps(entry))
+        entry["file"] = variant_file_name(precision)
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        listed[precision] = entry
+    validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
+    for precision, (data, _) in sorted(variants.items()):
+        _write_atomically(os.path.join(root, listed[precision]["file"]), data)
+    _write_manifest(root, manifest)
     return load_bundle(root)
 
 

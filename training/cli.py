@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, evaluate, export. A thin CLI over training.recipe."""
+"""retina-train: split, teacher, distil, evaluate, export, quantize. A thin CLI over training.recipe."""
 import sys
 
 from edge.cliutil import Parser
@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   retina-train distil  --data runs/split.csv --teacher runs/teacher --model tf_efficientnet_lite0 --out runs/student
   retina-train evaluate --checkpoint runs/student --split test
   retina-train export  --checkpoint runs/student --out models/default
+  retina-train quantize --bundle models/default --data ../shared/data/fundus4
 """
 
 
@@ -72,6 +73,13 @@ def build_parser():
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta logit| allowed (fp32)")
     p.add_argument("--parity-images", default=None,
                    help="folder of images for the parity check (default: the run's test split)")
+    p.add_argument("--variants", default="", metavar="PRECISIONS",
+                   help="also make these precision variants (e.g. int8,fp16) with the `quantize` defaults, "
+                        "calibrated on the run's split (default: none)")
+
+    p = verb("quantize", "add INT8 Q/DQ and FP16 variants to a bundle, measured against fp32 on the val split")
+    from training.quantize import add_arguments  # light: numpy and onnxruntime at most
+    add_arguments(p)
     return parser
 
 
@@ -89,6 +97,10 @@ def main(argv=None):
 
 
 def run(args):
+    if args.verb == "quantize":  # needs no torch unless it fine-tunes
+        from training import quantize
+        quantize.main(args)
+        return 0
     from training import recipe
     if args.verb == "split":
         from training import data as datalib, splits

@@ -93,6 +93,12 @@ def write_manifest(samples, csv_path, relative_to=None):
             writer.writerow([os.path.relpath(os.path.abspath(s.path), base), s.label, s.group, s.split])
 
 
+def split_sha256(samples):
+    """sha256 of the sorted "file name,label,split" lines: names a split independently of where the images live."""
+    listing = "\n".join("{},{},{}".format(os.path.basename(s.path), s.label, s.split) for s in sorted(samples))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 def load_samples(source):
     """A folder of class folders or a CSV manifest."""
     return read_manifest(source) if str(source).lower().endswith(".csv") else scan_folder(source)

@@ -115,4 +115,8 @@ def export_bundle(args, log=print):
     modelcard.write(args.out, bundle.manifest)
     log("wrote bundle {} ({:.1f} MB, sha256 {})".format(args.out, len(onnx_bytes) / 1e6,
                                                         bundle.manifest["model"]["sha256"][:16]))
+    precisions = [p.strip() for p in getattr(args, "variants", "").split(",") if p.strip()]
+    if precisions:
+        from training import quantize
+        bundle = quantize.quantize_bundle(args.out, samples, precisions=precisions, log=log)
     return bundle

@@ -50,6 +50,7 @@ def render(manifest):
     if parity:
         lines += ["ONNX Runtime vs PyTorch on {} real images: max |delta logit| = {:.2g} ({}).".format(
             parity["images"], parity["max_abs_logit_diff"], parity["runtime"]), ""]
+    lines += _variants(manifest.get("variants", {}))
     lines += ["**Known limits.** Most cataract and glaucoma images in this source are 256x256 augmented copies "
               "while diabetic retinopathy and normal images are 400x400; every image is cropped to the disc "
               "and resized identically, and splits keep patients and source images whole, but a source "
@@ -57,6 +58,37 @@ def render(manifest):
               "", "**Reproduce** (commit `{}`):".format(prov["commit"]), "", "```"]
     lines += prov["commands"] + ["```", ""]
     return "\n".join(lines)
+
+
+def _how(entry):
+    if entry["kind"] != "qdq-int8":
+        return "float16 inside, float32 input/output"
+    cal, q = entry.get("calibration", {}), entry.get("quantization", {})
+    method = cal.get("method", "?") + (" {}".format(cal["percentile"]) if cal.get("percentile") else "")
+    text = "Q/DQ int8, {} calibration on {} {} images; left in float: {}".format(
+        method, cal.get("images"), cal.get("split"), q.get("keep_fp32") or "nothing")
+    if q.get("fine_tuning"):
+        text += "; fine-tuned {} epoch(s) to the fp32 logits".format(q["fine_tuning"]["epochs"])
+    return text
+
+
+def _variants(variants):
+    if not variants:
+        return []
+    lines = ["**Precision variants** (for TensorRT: INT8 on Orin, FP16 for TensorRT 11's strongly typed networks), "
+             "compared with fp32 through ONNX Runtime on the same held-out images:", "",
+             "| variant | file | made by | split | top-1 agreement | accuracy (fp32) | max abs delta prob |",
+             "|---|---|---|---|---|---|---|"]
+    for precision, entry in sorted(variants.items()):
+        for key in ("agreement", "agreement_test"):
+            a = entry.get(key)
+            if a:
+                lines.append("| {} | `{}` | {} | {} ({}) | {} | {} ({}) | {:.3f} |".format(
+                    precision, entry["file"], _how(entry), a["split"], a["images"], _pct(a["top1_agreement"]),
+                    _pct(a["accuracy"]), _pct(a["fp32_accuracy"]), a["max_abs_prob_diff"]))
+    commands = sorted(set(e["command"] for e in variants.values() if e.get("command")))
+    lines += ["", "Variants made with: " + "; ".join("`{}`".format(c) for c in commands)] if commands else []
+    return lines + [""]
 
 
 def write(bundle_dir, manifest):

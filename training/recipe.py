@@ -4,7 +4,6 @@ A run folder holds ``checkpoint.pt`` (weights + everything needed to rebuild
 and preprocess), ``config.json`` (the resolved configuration), ``split.csv``
 (which image went where), ``history.json`` and ``metrics.json``.
 """
-import hashlib
 import json
 import os
 import shlex
@@ -128,12 +127,11 @@ def save_run(out_dir, net, arch, labels, spec, config, history, metrics, command
 
 def data_provenance(source, samples):
     """What the model was trained and measured on, without machine-specific absolute paths."""
-    listing = "\n".join("{},{},{}".format(os.path.basename(s.path), s.label, s.split) for s in sorted(samples))
     counts = Counter(s.split or "all" for s in samples)
     image_root = os.path.commonpath([os.path.abspath(s.path) for s in samples])
     return {"source": source, "image_root": os.path.relpath(image_root), "images": len(samples),
             "split_counts": dict(sorted(counts.items())),
-            "split_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+            "split_sha256": datalib.split_sha256(samples),
             "split_rule": "group-wise stratified: a patient's images (both eyes, any class) and all augmented "
                           "copies of one source image stay on one side; checked in code",
             "licence": DATA_CAVEAT}

@@ -270,3 +270,13 @@ def test_transformer_and_convnextv2_teachers_distil_into_a_cnn(trained, env, tea
     with open(os.path.join(student, "history.json")) as f:
         history = json.load(f)
     assert history[0]["kd"] > 0  # the teacher's soft labels really entered the loss
+
+
+def test_quantize_needs_a_val_split_and_says_so(trained, env):
+    """This run's split has train and test only: `retina-train quantize` stops with one clear line."""
+    out = subprocess.Popen([sys.executable, "-m", "training", "quantize", "--bundle", trained["bundle"], "--data",
+                            trained["manifest"], "--cache-dir", ""], env=env, cwd=trained["work"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = out.communicate(timeout=600)
+    assert out.returncode == 1
+    assert "the split has no val images" in err.decode() and "Traceback" not in err.decode()

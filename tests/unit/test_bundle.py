@@ -9,7 +9,7 @@ import os
 import pytest
 
 from models.bundle import (MANIFEST_NAME, ONNX_NAME, SCHEMA, SCHEMA_VERSION, BundleError, load_bundle,
-                           sha256_file, validate_manifest, write_bundle)
+                           sha256_file, validate_manifest, variant_file_name, write_bundle, write_variants)
 
 MODEL_BYTES = b"not really ONNX, but the bundle only hashes it\x00\x01\x02"
 
@@ -239,3 +239,98 @@ def test_a_valid_manifest_passes_unchanged(valid_manifest, make_manifest):
     expected = make_manifest()
     expected["model"].update(file=ONNX_NAME, sha256="f" * 64)
     assert validate_manifest(valid_manifest) == expected
+
+
+# ---- precision variants (models/bundle.py "variants"; made by `retina-train quantize`)
+
+VARIANT_BYTES = {"int8": b"an int8 Q/DQ model, as far as the bundle cares", "fp16": b"a float16 model"}
+
+
+def _with_variants(tmp_path, manifest):
+    bundle = _write(tmp_path, manifest)
+    entries = {p: (data, {"kind": "qdq-int8" if p == "int8" else "fp16", "agreement": {"top1_agreement": 1.0}})
+               for p, data in VARIANT_BYTES.items()}
+    return write_variants(bundle.root, entries)
+
+
+def test_variants_are_written_hashed_and_listed(tmp_path, valid_manifest):
+    bundle = _with_variants(tmp_path, valid_manifest)
+    loaded = load_bundle(bundle.root)
+    assert loaded.precisions == ["fp32", "fp16", "int8"]
+    for precision, data in VARIANT_BYTES.items():
+        entry = loaded.manifest["variants"][precision]
+        assert entry["file"] == variant_file_name(precision) == "model.{}.onnx".format(precision)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["agreement"] == {"top1_agreement": 1.0}
+        with open(loaded.model_path(precision), "rb") as f:
+            assert f.read() == data
+    assert loaded.model_path("fp32") == loaded.onnx_path
+    with open(loaded.onnx_path, "rb") as f:
+        assert f.read() == MODEL_BYTES  # the fp32 model is left as it was
+    assert not [n for n in os.listdir(loaded.root) if n.endswith(".tmp")]
+
+
+def test_a_variant_can_be_replaced_and_the_other_is_kept(tmp_path, valid_manifest):
+    bundle = _with_variants(tmp_path, valid_manifest)
+    again = write_variants(bundle.root, {"int8": (b"better int8", {"kind": "qdq-int8"})})
+    assert again.manifest["variants"]["int8"]["sha256"] == hashlib.sha256(b"better int8").hexdigest()
+    assert again.manifest["variants"]["fp16"] == bundle.manifest["variants"]["fp16"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_tampered_variant_is_refused_naming_file_and_field(tmp_path, valid_manifest, precision):
+    bundle = _with_variants(tmp_path, valid_manifest)
+    path = bundle.model_path(precision)
+    with open(path, "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle.root)
+    message = str(info.value)
+    assert path in message
+    assert "variants.{}.sha256".format(precision) in message
+    assert load_bundle(bundle.root, verify_sha256=False).precisions == ["fp32", "fp16", "int8"]
+
+
+def test_missing_variant_file_is_refused(tmp_path, valid_manifest):
+    bundle = _with_variants(tmp_path, valid_manifest)
+    os.remove(bundle.model_path("int8"))
+    with pytest.raises(BundleError, match=r"variants\.int8\.file is missing"):
+        load_bundle(bundle.root)
+
+
+def test_bundle_without_variants_loads_and_offers_fp32_only(tmp_path, valid_manifest):
+    bundle = load_bundle(_write(tmp_path, valid_manifest).root)
+    assert "variants" not in bundle.manifest
+    assert bundle.precisions == ["fp32"] and bundle.variants == {}
+    with pytest.raises(BundleError, match="no int8 variant"):
+        bundle.model_path("int8")
+
+
+@pytest.mark.parametrize("edit, field, problem", [
+    (lambda v: v.__setitem__("int8", "model.int8.onnx"), "variants.int8", "must be an object"),
+    (lambda v: v["int8"].pop("sha256"), "variants.int8.sha256", "is missing"),
+    (lambda v: v["int8"].pop("kind"), "variants.int8.kind", "is missing"),
+    (lambda v: v["int8"].__setitem__("sha256", "xyz"), "variants.int8.sha256", "64 hex digits"),
+    (lambda v: v["int8"].__setitem__("file", "../model.int8.onnx"), "variants.int8.file", "inside the bundle"),
+    (lambda v: v["int8"].__setitem__("file", "model.onnx"), "variants.int8.file", "already used"),
+    (lambda v: v["fp16"].__setitem__("file", "model.int8.onnx"), "variants.int8.file", "already used"),
+    (lambda v: v.__setitem__("fp32", dict(v["int8"], file="other.onnx")), "variants.fp32", "not a variant name"),
+])
+def test_bad_variant_entries_are_refused_naming_the_field(tmp_path, valid_manifest, edit, field, problem):
+    bundle = _with_variants(tmp_path, valid_manifest)
+    path = _rewrite_manifest(bundle, lambda m: edit(m["variants"]))
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle.root)
+    message = str(info.value)
+    assert message.startswith(path)
+    assert "'{}'".format(field) in message
+    assert problem in message
+
+
+def test_variants_are_not_written_into_a_bundle_that_does_not_verify(tmp_path, valid_manifest):
+    bundle = _write(tmp_path, valid_manifest)
+    with open(bundle.onnx_path, "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        write_variants(bundle.root, {"int8": (b"x", {"kind": "qdq-int8"})})
+    assert not os.path.exists(os.path.join(bundle.root, "model.int8.onnx"))

@@ -21,7 +21,8 @@ def add_variant(bundle, precision, marker):
     manifest_path = os.path.join(bundle.root, "bundle.json")
     with open(manifest_path) as f:
         manifest = json.load(f)
-    manifest.setdefault("variants", {})[precision] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
+    manifest.setdefault("variants", {})[precision] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
+                                                           "kind": "qdq-int8" if precision == "int8" else "fp16"}
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     return load_bundle(bundle.root)
