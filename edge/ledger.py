@@ -132,6 +132,27 @@ class Ledger(object):
             self.conn.execute("ROLLBACK")
             raise
 
+    def screened_files(self, folder):
+        """{file: {(size_bytes, mtime_ns), ...}} for every row whose file lies under ``folder``.
+
+        One range scan of the ``results_file`` index: the files of ``folder``
+        sort between ``folder/`` and ``folder0`` ('0' follows '/').
+        """
+        prefix = os.path.join(os.path.abspath(folder), "")
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        found = {}
+        for file, size_bytes, mtime_ns in self.conn.execute(
+                "SELECT DISTINCT file, size_bytes, mtime_ns FROM results WHERE file >= ? AND file < ?"
+                " AND size_bytes IS NOT NULL AND mtime_ns IS NOT NULL", (prefix, upper)):
+            found.setdefault(file, set()).add((size_bytes, mtime_ns))
+        return found
+
+    def is_screened(self, file, size_bytes, mtime_ns):
+        """True if a row exists for this file identity (absolute path, size, mtime in ns)."""
+        return self.conn.execute(
+            "SELECT 1 FROM results WHERE file = ? AND size_bytes = ? AND mtime_ns = ? LIMIT 1",
+            (file, size_bytes, mtime_ns)).fetchone() is not None
+
     def finish_run(self, run_id, summary):
         self.conn.execute("UPDATE runs SET finished_at = ?, summary = ? WHERE id = ?",
                           (_now(), json.dumps(summary), run_id))
