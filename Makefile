@@ -18,9 +18,12 @@ $(VENV_EDGE)/.done: requirements/edge.txt setup.py
 demo: $(VENV_EDGE)/.done
 	$(VENV_EDGE)/bin/retina-edge run samples/fundus --results results-demo.csv
 
+# tensorrt-stubs: type stubs of TensorRT 10.x that check the TensorRT fakes; --no-deps, as they require tensorrt
 $(VENV)/.done: requirements/train.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/train.txt -e '.[train,test]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c requirements/train.txt -e '.[train,test,plots,nvml]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps -c requirements/train.txt tensorrt-stubs || \
+		echo "tensorrt-stubs not installed (needs Python >= 3.10): the 10.x fake check will be skipped"
 	touch $@
 
 $(VENV36)/.done: requirements/edge-py36.txt

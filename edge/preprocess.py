@@ -24,10 +24,17 @@ _MIN_LINE_FRACTION = 0.02
 _MIN_DISC_AREA_FRACTION = 0.1
 
 
+def channel_max(rgb):
+    """The brightest channel of each pixel. ``np.maximum`` over the three planes: NumPy's
+    ``rgb.max(axis=2)`` reduces a 3-long strided axis per pixel and takes about 12 ms on a
+    400x400 image here (NumPy 1.19 and 2.4), this about 0.5 ms."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
 def find_fundus_disc(rgb, threshold):
     """Bounding box (x0, y0, x1, y1), exclusive ends, of the bright disc; None if none is found."""
     h, w = rgb.shape[:2]
-    mask = rgb.max(axis=2) > threshold
+    mask = channel_max(rgb) > threshold
     rows = np.flatnonzero(mask.mean(axis=1) > _MIN_LINE_FRACTION)
     cols = np.flatnonzero(mask.mean(axis=0) > _MIN_LINE_FRACTION)
     if rows.size == 0 or cols.size == 0:

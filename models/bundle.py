@@ -20,6 +20,9 @@ COLOUR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW",)
 ROI_KINDS = ("fundus_disc", "none")
 INTERPOLATIONS = ("area", "linear", "cubic", "nearest")
+# what the model was trained on (optional field "modality"; bundles without it are fundus models)
+MODALITIES = ("fundus", "oct")
+DEFAULT_MODALITY = "fundus"
 
 # (dotted field, type or tuple of types); a field is required unless listed in OPTIONAL
 _FIELDS = (
@@ -146,6 +149,8 @@ def _check_values(m, where):
         raise bad("postprocess.temperature", "must be positive")
     if len(m["model"]["sha256"]) != 64:
         raise bad("model.sha256", "must be 64 hex digits")
+    if m.get("modality", DEFAULT_MODALITY) not in MODALITIES:
+        raise bad("modality", "is {!r}; must be one of {}".format(m.get("modality"), MODALITIES))
 
 
 class Bundle(object):
@@ -177,6 +182,11 @@ class Bundle(object):
             raise BundleError("{}: this bundle has no {} variant (it has {}); make one with "
                               "`retina-train quantize`".format(self.root, precision, ", ".join(self.precisions)))
         return os.path.join(self.root, variant["file"])
+
+    @property
+    def modality(self):
+        """The kind of image the model screens (fundus, oct); fundus for bundles that do not say."""
+        return self.manifest.get("modality", DEFAULT_MODALITY)
 
     @property
     def input_name(self):

@@ -80,6 +80,7 @@ def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
     return {
         "name": name,
         "task": "classification",
+        "modality": "fundus",  # colour fundus photographs; edge skips other modalities (models/bundle.py)
         "labels": list(ckpt["labels"]),
         "model": {"opset": opset, "architecture": ckpt["arch"], "parameters": n_params},
         "input": {"name": INPUT_NAME, "shape": [1, 3, size[0], size[1]], "dtype": "float32",

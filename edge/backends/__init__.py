@@ -1,7 +1,8 @@
 """Inference backends, chosen by name through a registry.
 
 A backend is built from a bundle and options (``precision``, ``threads``,
-``cache_dir``, ``batch``, ``workspace_mb``, ``log``) and offers:
+``cache_dir``, ``batch``, ``workspace_mb``, ``log``; for TensorRT also ``calibration``
+and ``force_int8``: a backend ignores the options that are not its own) and offers:
 
     make_preprocessor()  the preprocessor that feeds it: the NumPy/OpenCV
                          reference (host arrays) for ONNX Runtime, the CUDA
@@ -22,6 +23,7 @@ import importlib
 # name -> (module, class); imported only when chosen, so a missing runtime fails only its own backend
 BACKENDS = {
     "onnxruntime": ("edge.backends.ort", "OrtBackend"),
+    "tensorrt": ("edge.backends.tensorrt", "TensorRTBackend"),
 }
 # what `auto` tries, in order
 AUTO_ORDER = ("tensorrt", "onnxruntime")

@@ -9,4 +9,7 @@ works where ONNX Runtime or TensorRT are missing.
 # verb -> module, in the order --help lists them
 VERBS = (
     ("run", "edge.commands.run"),
+    ("build", "edge.commands.build"),
+    ("selftest", "edge.commands.selftest"),
+    ("profile", "edge.commands.profile"),
 )

@@ -29,7 +29,8 @@ def add_backend_options(p, default_backend="auto"):
                         "ONNX Runtime (default %(default)s)")
     p.add_argument("--precision", default="best", choices=("fp32", "fp16", "int8", "best"),
                    help="network precision; with ONNX Runtime int8/fp16 run the bundle's INT8 Q/DQ and FP16 "
-                        "variants, best = fp32 (default %(default)s)")
+                        "variants, best = fp32; with TensorRT best = INT8 Q/DQ where the GPU has fast INT8, else "
+                        "FP16 where it has fast FP16 (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads for ONNX Runtime (default 0: its own choice)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -37,7 +38,13 @@ def add_backend_options(p, default_backend="auto"):
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="images per network call; TensorRT builds its optimisation profile up to N (default 1)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB",
-                   help="TensorRT builder workspace in MB (default: TensorRT's own; part of the engine's cache key)")
+                   help="TensorRT builder workspace in MB (default: TensorRT's own from 8.4; before, where that "
+                        "is 0, 256 on a Nano and 1024 elsewhere; part of the engine's cache key)")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="TensorRT < 10 without an INT8 Q/DQ variant: images to calibrate --precision int8 with "
+                        "(its calibration cache is reused afterwards)")
+    p.add_argument("--force-int8", action="store_true",
+                   help="build INT8 even on a GPU without fast INT8 (the Nano), where FP16 is built otherwise")
 
 
 def add_input_options(p):
@@ -59,7 +66,8 @@ def input_options(args):
 def backend_options(args):
     """The backend keyword options from parsed ``args``."""
     return {"precision": args.precision, "threads": args.threads, "cache_dir": args.cache_dir,
-            "batch": getattr(args, "batch", 1) or 1, "workspace_mb": getattr(args, "workspace", None)}
+            "batch": getattr(args, "batch", 1) or 1, "workspace_mb": getattr(args, "workspace", None),
+            "calibration": getattr(args, "calibration", None), "force_int8": getattr(args, "force_int8", False)}
 
 
 def bundle_dir(model):

@@ -13,6 +13,7 @@ import os
 import sys
 
 from edge.io.uri import UriError, parse_output
+from edge.io.volumes import VolumeTally, summary_line
 
 # scheme -> (module, class)
 OUTPUTS = {
@@ -127,33 +128,40 @@ class NullOutput(Output):
 
 
 class ConsoleOutput(object):
-    """One line per frame on the console (--quiet keeps only the problems).
+    """One line per frame on the console (--quiet keeps only the problems), one per DICOM volume.
 
     Paths under the working folder are shown relative to it; files and the
-    ledger keep them absolute.
+    ledger keep them absolute. A multi-frame volume (an OCT scan) gets a
+    summary line after its last frame (``edge.io.volumes.VolumeTally``) in
+    place of one "skipped" line per frame.
     """
 
     def __init__(self, stream=None, errors_only=False):
         self.stream = stream or sys.stdout
         self.errors_only = errors_only
         self.cwd = os.getcwd() + os.sep
+        self.volumes = VolumeTally()
 
     def short(self, text):
         return text.replace(self.cwd, "")
 
     def write(self, frame, r):
+        line = None
         if r.status == "ok":
-            if self.errors_only:
-                return
-            line = "ok     {:<22} {:6.1%}  {}".format(r.label, r.confidence, self.short(r.path))
+            if not self.errors_only:
+                line = "ok     {:<22} {:6.1%}  {}".format(r.label, r.confidence, self.short(r.path))
         elif r.status == "error":
             line = "error  {}".format(self.short(r.error))
             if frame.meta.get("quarantined_to"):
                 line += " (moved to {})".format(self.short(frame.meta["quarantined_to"]))
-        else:
-            line = "{} {}: {}".format(r.status, self.short(r.path), r.error)
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        elif not (r.status == "skipped" and "index" in frame.meta and frame.meta.get("frames", 1) > 1):
+            line = "{} {}: {}".format(r.status, self.short(r.path), r.error)  # a volume's skips: its summary
+        volume = self.volumes.add(frame, r)
+        if volume is not None:
+            line = (line + "\n" if line else "") + self.short(summary_line(volume))
+        if line:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self):
         pass

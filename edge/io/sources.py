@@ -24,7 +24,8 @@ import importlib
 import os
 import sys
 
-from edge.io.decode import IMAGE_SUFFIXES
+from edge.io.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from edge.io.imageinfo import sniff
 from edge.io.uri import UriError, parse_input
 from edge.records import Frame
 
@@ -32,6 +33,7 @@ from edge.records import Frame
 SOURCES = {
     "image": ("edge.io.sources", "ImageFiles"),
     "folder": ("edge.io.sources", "Folder"),
+    "dicom": ("edge.io.dicom", "DicomFile"),
     "watch": ("edge.io.watch", "WatchedFolder"),
     "video": ("edge.io.video", "VideoFile"),
     "csi": ("edge.io.camera", "CsiCamera"),
@@ -42,7 +44,7 @@ SOURCES = {
 }
 
 # schemes the URI parser knows whose source is not in this build: refused with a clear line
-NOT_YET = {"rtp": "RTP streams", "dicom": "DICOM files"}
+NOT_YET = {"rtp": "RTP streams"}
 
 
 class SourceError(ValueError):
@@ -110,6 +112,19 @@ def loop_count(options, text):
     return loops
 
 
+def file_frames(path):
+    """The frames of one file: one for an image (modality fundus), one per frame for a DICOM volume.
+
+    A file is DICOM by its suffix or by the ``DICM`` mark after its 128-byte preamble.
+    """
+    frame = read_file_frame(path)
+    if path.lower().endswith(DICOM_SUFFIXES) or (frame.data is not None and sniff(frame.data) == "dicom"):
+        from edge.io.dicom import dicom_frames
+        return dicom_frames(frame)
+    frame.meta.setdefault("modality", "fundus")
+    return iter([frame])
+
+
 class ImageFiles(Source):
     """Frames from a list of image files, read one at a time (constant memory); ``loop`` repeats the list."""
 
@@ -139,7 +154,8 @@ class ImageFiles(Source):
             for path in self.paths:
                 if self._stop:
                     return
-                yield read_file_frame(path)
+                for frame in file_frames(path):
+                    yield frame
             passes += 1
 
 
@@ -153,11 +169,11 @@ class Folder(ImageFiles):
         self.root = os.path.abspath(uri.path)
         if not self.paths:
             raise SourceError("{}: no image files ({}) found".format(
-                uri.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)))
+                uri.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES + DICOM_SUFFIXES)))
 
 
-def list_images(folder, suffixes=IMAGE_SUFFIXES):
-    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+def list_images(folder, suffixes=IMAGE_SUFFIXES + DICOM_SUFFIXES):
+    """Image and DICOM files under ``folder``, recursively, sorted; hidden files and folders skipped."""
     found = []
     for dirpath, dirnames, files in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -145,7 +145,7 @@ def test_edge_cli_says_when_a_folder_has_no_images(tmp_path, tiny_bundle, subpro
                             env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert "no image files (jpg, jpeg, png, bmp, tif, tiff) found" in err.decode()
+    assert "no image files (jpg, jpeg, png, bmp, tif, tiff, dcm, dicom) found" in err.decode()
 
 
 def test_edge_cli_reports_an_unwritable_results_path(tmp_path, tiny_bundle, screen_folder, subprocess_env):

@@ -227,15 +227,17 @@ def test_greyscale_files_become_three_equal_channels(tmp_path, ext):
         np.testing.assert_array_equal(rgb[..., 0], grey)
 
 
-def test_bgra_png_drops_alpha_and_keeps_rgb(tmp_path):
+def test_bgra_png_drops_alpha_by_compositing_over_black(tmp_path):
     bgra = np.zeros((10, 12, 4), np.uint8)
-    bgra[...] = (10, 120, 250, 0)  # fully transparent: the colour must still come through
+    bgra[...] = (10, 120, 250, 255)
+    bgra[:, :3, 3] = 0  # transparent: black, like the camera's border (tests/unit/test_decode.py has more)
     path = str(tmp_path / "alpha.png")
     assert cv2.imwrite(path, bgra)
     assert cv2.imread(path, cv2.IMREAD_UNCHANGED).shape == (10, 12, 4)
     rgb = read_image(path)
     assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[5, 5], [250, 120, 10])
+    np.testing.assert_array_equal(rgb[5, 1], [0, 0, 0])
 
 
 def test_to_rgb8_handles_single_channel_arrays_and_rejects_others():
