@@ -107,15 +107,16 @@ def _station_wiring(args, session):
     source = session.source
     if hasattr(source, "attach_ledger"):
         source.attach_ledger(session.ledger)
-    written = [getattr(o, "folder", None) for o in session.outputs] + [args.quarantine]
+    quarantine = getattr(args, "quarantine", None)  # verbs that reuse build() (profile) have no --quarantine
+    written = [getattr(o, "folder", None) for o in session.outputs] + [quarantine]
     for folder in (f for f in written if f and hasattr(source, "exclude")):
         source.exclude(folder)
-    if args.quarantine:
+    if quarantine:
         from edge.io.quarantine import Quarantine
         try:
-            session.outputs.append(Quarantine(args.quarantine, root=getattr(source, "root", None)))
+            session.outputs.append(Quarantine(quarantine, root=getattr(source, "root", None)))
         except (IOError, OSError) as exc:
-            raise SetupError("quarantine folder {}: {}".format(args.quarantine, exc))
+            raise SetupError("quarantine folder {}: {}".format(quarantine, exc))
 
 
 class SetupError(RuntimeError):

@@ -30,17 +30,23 @@ WRITABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+_MIN_SIDE = 640  # smaller frames are enlarged so the text stays legible
+
+
 def _scaled(rgb, max_side):
     h, w = rgb.shape[:2]
-    scale = min(1.0, float(max_side) / max(h, w)) if max_side else 1.0
-    if scale < 1.0:
+    side = max(h, w)
+    target = min(side, max_side) if max_side else side
+    target = max(target, _MIN_SIDE)
+    if target != side:
+        scale = float(target) / side
         rgb = cv2.resize(rgb, (max(1, int(round(w * scale))), max(1, int(round(h * scale)))),
-                         interpolation=cv2.INTER_AREA)
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return rgb
 
 
 def _text(img, text, org, scale, colour, thickness):
-    cv2.putText(img, text, org, _FONT, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.putText(img, text, org, _FONT, scale, (0, 0, 0), thickness + 1, cv2.LINE_AA)
     cv2.putText(img, text, org, _FONT, scale, colour, thickness, cv2.LINE_AA)
 
 
@@ -57,26 +63,26 @@ def annotate(rgb, result, labels, roi=None, max_side=1024):
     img = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     h, w = img.shape[:2]
     colour = STATUS_COLOURS.get(result.status, (255, 255, 255))
-    unit = max(w, 320) / 640.0
-    scale, thick = 0.6 * unit, max(1, int(round(1.5 * unit)))
+    unit = max(w, h) / 640.0
+    scale, thick = 0.7 * unit, max(1, int(round(1.5 * unit)))
     roi = roi or {"kind": "fundus_disc", "threshold": 10}
     if roi.get("kind") == "fundus_disc":
         box = find_fundus_disc(rgb, roi.get("threshold", 10))
         if box is not None:
             cv2.rectangle(img, (box[0], box[1]), (box[2] - 1, box[3] - 1), colour, thick)
-    banner = int(32 * unit)
-    cv2.rectangle(img, (0, 0), (w, banner), colour, -1)
-    _text(img, headline(result), (int(8 * unit), int(23 * unit)), scale, (255, 255, 255), thick)
+    cv2.rectangle(img, (0, 0), (w, int(36 * unit)), colour, -1)
+    _text(img, headline(result), (int(10 * unit), int(26 * unit)), scale, (255, 255, 255), thick)
     if result.probs:
-        row = int(22 * unit)
-        top = h - row * len(labels) - int(6 * unit)
+        row = int(24 * unit)
+        top = max(h - row * len(labels) - int(8 * unit), 0)
+        panel = img[top:, :int(320 * unit)]
+        panel[:] = (panel * 0.45).astype(np.uint8)  # darken behind the text, whatever the fundus's brightness
         for i, label in enumerate(labels):
             p = float(result.probs.get(label, 0.0))
             y = top + i * row
-            bar = int(p * w * 0.35)
-            cv2.rectangle(img, (int(6 * unit), y + 3), (int(6 * unit) + bar, y + row - 3), colour, -1)
-            _text(img, "{:<22} {:5.1%}".format(label[:22], p), (int(10 * unit), y + row - 7), 0.45 * unit,
-                  (255, 255, 255), max(1, thick - 1))
+            cv2.rectangle(img, (int(8 * unit), y + 3), (int(8 * unit + p * 300 * unit), y + row - 3), colour, -1)
+            _text(img, label[:24], (int(12 * unit), y + row - 7), 0.5 * unit, (255, 255, 255), thick)
+            _text(img, "{:.1%}".format(p), (int(250 * unit), y + row - 7), 0.5 * unit, (255, 255, 255), thick)
     return img
 
 

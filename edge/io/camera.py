@@ -151,7 +151,7 @@ class LiveSource(Source):
                     return
                 continue
             index, bgr, captured_at = item
-            yield Frame("{}#frame={}".format(self.name, index), image=capture.bgr_to_rgb(bgr),
+            yield Frame("{}#{}".format(self.name, index), image=capture.bgr_to_rgb(bgr),
                         meta={"index": index, "captured_at": captured_at})
 
     def _recover(self, why):

@@ -117,7 +117,12 @@ def file_frames(path):
 
     A file is DICOM by its suffix or by the ``DICM`` mark after its 128-byte preamble.
     """
-    frame = read_file_frame(path)
+    return frames_of(read_file_frame(path))
+
+
+def frames_of(frame):
+    """The frames of a file already read into ``frame`` (see ``file_frames``)."""
+    path = frame.meta.get("path", frame.source_id)
     if path.lower().endswith(DICOM_SUFFIXES) or (frame.data is not None and sniff(frame.data) == "dicom"):
         from edge.io.dicom import dicom_frames
         return dicom_frames(frame)

@@ -2,7 +2,7 @@
 
 Read with OpenCV (FFmpeg in pip's wheels, GStreamer or FFmpeg in JetPack's).
 A file is not live: no frame is dropped, and reading it is the capture
-stage of the frame that results. Frame ids are ``/abs/clip.mp4#frame=N``;
+stage of the frame that results. Frame ids are ``/abs/clip.mp4#N``;
 the ledger row keeps the file's identity and ``frame_index``.
 """
 import os
@@ -62,7 +62,7 @@ class VideoFile(Source):
                         break
                     read_any = True
                     frame_meta = dict(meta, index=index)
-                    yield Frame("{}#frame={}".format(self.path, index), image=capture.bgr_to_rgb(bgr), meta=frame_meta)
+                    yield Frame("{}#{}".format(self.path, index), image=capture.bgr_to_rgb(bgr), meta=frame_meta)
                     index += 1
             finally:
                 cap.release()

@@ -53,7 +53,7 @@ import threading
 import time
 
 from edge.io.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
-from edge.io.sources import Source, SourceError, read_file_frame, stderr_line
+from edge.io.sources import Source, SourceError, frames_of, read_file_frame, stderr_line
 
 WATCH_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 TEMP_PREFIXES = (".", "~")
@@ -121,8 +121,10 @@ class WatchedFolder(Source):
 
     # --- the pipeline's side ----------------------------------------------------------------------
     def done(self, frame, result):
-        """Every output, the ledger first, has the frame's result: the file is screened."""
-        path = frame.meta.get("path")
+        """Every output, the ledger first, has the frame's result: the file is screened (a volume: at its last frame)."""
+        path, meta = frame.meta.get("path"), frame.meta
+        if "index" in meta and meta.get("index") != meta.get("frames", 1) - 1:
+            return
         with self._lock:
             scanned = self._in_flight.pop(path, None)
             key = (frame.meta.get("size_bytes"), frame.meta.get("mtime_ns"))
@@ -163,9 +165,10 @@ class WatchedFolder(Source):
                 self.log("{} is back; watching it again".format(self.folder))
                 missing = False
             for path, key in self._ready(ledger):
-                if self._stop.is_set():
-                    return
-                yield self._read(path, key)
+                for frame in self._read(path, key, ledger):
+                    if self._stop.is_set():
+                        return
+                    yield frame
             self._stop.wait(self.poll_s)
 
     def _ready(self, ledger):
@@ -201,14 +204,19 @@ class WatchedFolder(Source):
             for path in [p for p in self._screened if p not in seen]:
                 del self._screened[path]
 
-    def _read(self, path, key):
+    def _read(self, path, key, ledger):
+        """The frames of one file; of a volume cut short by a killed run, those without a row yet."""
         with self._lock:
             self._in_flight[path] = key
+        self.taken += 1
         frame = read_file_frame(path)
         if frame.error:  # deleted or unreadable since the scan: its row carries the identity scanned
             frame.meta.update(size_bytes=key[0], mtime_ns=key[1])
-        self.taken += 1
-        return frame
+            return [frame]
+        done = set()
+        if ledger is not None:
+            done = ledger.screened_frames(path, frame.meta["size_bytes"], frame.meta["mtime_ns"])
+        return (f for f in frames_of(frame) if f.meta.get("index") not in done)
 
 
 def scan(folder, excluded=()):

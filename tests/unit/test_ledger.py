@@ -1,4 +1,5 @@
-"""edge/ledger.py: schema version 2, the new statuses, file identity per row, and migrating a version-1 ledger."""
+"""edge/ledger.py: schema version 3, the new statuses, file identity per row, migrating older ledgers, and the
+queries a watched folder asks (which files and frames are screened)."""
 import json
 import sqlite3
 
@@ -44,7 +45,7 @@ def test_every_status_and_the_frame_identity_are_stored(tmp_path, tiny_bundle):
     ledger.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         rows = conn.execute("SELECT path, status, file, size_bytes, mtime_ns, frame_index, modality FROM results"
                             " ORDER BY id").fetchall()
         assert rows[0] == ("/data/a.dcm#3", "skipped", "/data/a.dcm", 1234, 1700000000123456789, 3, "oct")
@@ -70,7 +71,7 @@ def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path, tiny_bundle):
 
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         rows = conn.execute("SELECT id, run_id, path, status, label, probs, error, file FROM results ORDER BY id"
                             ).fetchall()
         assert rows[:2] == [(1, 1, "scans/a.jpg", "ok", "normal", '{"normal": 0.9}', "", None),
