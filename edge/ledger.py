@@ -167,9 +167,9 @@ class Ledger(object):
 
     def is_screened(self, file, size_bytes, mtime_ns):
         """True if this file identity (absolute path, size, mtime in ns) was screened completely."""
-        return self.conn.execute(
-            "SELECT 1 FROM results WHERE file = ? AND size_bytes = ? AND mtime_ns = ? HAVING " + _COMPLETE,
-            (file, size_bytes, mtime_ns)).fetchone() is not None
+        row = self.conn.execute("SELECT " + _COMPLETE + " FROM results WHERE file = ? AND size_bytes = ? AND"
+                                " mtime_ns = ?", (file, size_bytes, mtime_ns)).fetchone()
+        return bool(row and row[0])
 
     def screened_frames(self, file, size_bytes, mtime_ns):
         """The frame indices of this file identity that have a row (a volume cut short resumes after them)."""
