@@ -84,6 +84,13 @@ def network_pipeline(url, latency_ms=2000):
             "appsink drop=true max-buffers=1 sync=false")
 
 
+def v4l2_target(device):
+    """What OpenCV's V4L2 backend opens: the index N for /dev/videoN (every OpenCV takes it; not every
+    version takes a path), else the path (a udev name such as /dev/v4l/by-id/...)."""
+    match = re.match(r"^/dev/video(\d+)$", device)
+    return int(match.group(1)) if match else device
+
+
 def redact(url):
     """The URL without ``user:password@``."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
@@ -138,40 +145,43 @@ class LiveSource(Source):
             self.reader.close()
 
     def __iter__(self):
+        tries = 0  # reconnects in a row without a frame
         while not self._stopping:
             item = self.reader.get(self.timeout_s)
             if item is None:
                 if self._stopping:
                     return
                 why = "the stream ended" if self.reader.ended else "no frame in {:g} s".format(self.timeout_s)
-                if not self._recover(why):
+                tries = self._recover(why, tries)
+                if tries is None:
                     if not self._stopping:
                         yield Frame(self.name, error="capture: {}: {}; gave up after {} reconnect(s)".format(
                             self.name, why, max(self.reconnect, 0)), meta={"index": self.reader.next_index})
                     return
                 continue
+            tries = 0
             index, bgr, captured_at = item
             yield Frame("{}#{}".format(self.name, index), image=capture.bgr_to_rgb(bgr),
                         meta={"index": index, "captured_at": captured_at})
 
-    def _recover(self, why):
-        """Close and reopen the capture after ``why``; False when the tries are spent or a stop was asked."""
+    def _recover(self, why, tries):
+        """Close and reopen the capture after ``why``; the tries made so far, or None once they are spent
+        (``reconnect`` in a row without a frame) or a stop was asked."""
         start_index = self.reader.next_index
         self.reader.close(join_s=0.2)
-        tries = 0
         while not self._stopping and (self.reconnect < 0 or tries < self.reconnect):
             tries += 1
             pause_s = min(2.0 ** (tries - 1), _MAX_PAUSE_S)
             self.log("{}: {}; reconnecting in {:g} s (try {}{})".format(
                 self.name, why, pause_s, tries, "" if self.reconnect < 0 else " of {}".format(self.reconnect)))
             if self._sleep(pause_s):
-                return False
+                return None
             try:
                 self._start(start_index)
-                return True
+                return tries
             except SourceError as exc:
                 why = str(exc)
-        return False
+        return None
 
     def _sleep(self, seconds):
         """Sleep in short slices; True if a stop was asked meanwhile."""
@@ -240,8 +250,7 @@ class V4l2Camera(LiveSource):
             raise SourceError("{}: codec={!r}: give one of {}".format(self.device, codec, ", ".join(sorted(FOURCC))))
 
     def open(self):
-        match = re.match(r"^/dev/video(\d+)$", self.device)
-        cap = capture.open_capture(int(match.group(1)) if match else self.device, capture.apis()["v4l2"])
+        cap = capture.open_capture(v4l2_target(self.device), capture.apis()["v4l2"])
         if cap is not None and cap.isOpened():
             codec = self.options.get("codec")
             capture.set_format(cap, FOURCC[str(codec).lower()] if codec else None,
