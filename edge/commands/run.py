@@ -200,7 +200,8 @@ def _print_report(out, pipeline, stats, session, stopped_by):
             out.write("stopped by {} before the input ended; every result above is kept\n".format(
                 signal.Signals(stopped_by[0]).name))
         out.write(prof.report() + "\n")
-    files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path]
+    files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path
+             and o.uri.scheme not in ("display", "null")]
     out.write("ledger: {} (run {})".format(session.ledger_path, session.run_id)
               + ("; results: {}".format(", ".join(files)) if files else "") + "\n")
     out.flush()

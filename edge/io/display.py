@@ -8,13 +8,17 @@ display server (no DISPLAY or WAYLAND_DISPLAY: from ssh, ``export
 DISPLAY=:0`` to use the Jetson's screen). These are checked before OpenCV's
 GUI is touched: a Qt build aborts the whole process when it finds no display.
 
-The window is created on first use, on the thread that writes (HighGUI wants
-one thread). Pressing q or Esc, or closing the window, ends the run the way
-Ctrl-C does (after the frame in flight, outputs flushed), as closing
-jetson-inference's display ends its apps.
+The window belongs to a thread of its own, which makes every HighGUI call
+(HighGUI wants one thread) and keeps the window responsive between frames, as
+a watched folder may wait minutes for its next file. ``write`` draws the
+frame on the caller's thread and hands the picture over, newest only: a slow
+screen never holds the pipeline back. Pressing q or Esc in the window, or
+closing it, ends the run the way Ctrl-C does (after the frame in flight,
+outputs flushed), as closing jetson-inference's display ends its apps.
 """
 import os
 import signal
+import threading
 
 import cv2
 
@@ -23,6 +27,7 @@ from edge.io.annotate import annotate
 from edge.io.outputs import Output, OutputDisabled, OutputError
 
 _QUIT_KEYS = (ord("q"), 27)
+_WAIT_MS = 30
 
 
 class DisplayOutput(Output):
@@ -41,31 +46,52 @@ class DisplayOutput(Output):
         self.title = "retina-edge {}".format(uri.text)
         self.roi = self.options.get("roi")
         self.shown = 0
-        self._window = False
-        self._quit = False
+        self.quit = False
+        self._latest = None
+        self._error = None
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread = None
 
-    def _open_window(self):
+    def write(self, frame, result):
+        if self._error:
+            raise OutputError(self._error)
+        if frame.image is None or self.quit:
+            return
+        picture = annotate(frame.image, result, self.labels, self.roi)
+        with self._lock:
+            self._latest = picture
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._window, name="display")
+            self._thread.daemon = True
+            self._thread.start()
+
+    def _window(self):
         try:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         except cv2.error as exc:
-            raise OutputError("{}: OpenCV could not open a window: {}".format(self.uri.text, str(exc).strip()))
-        self._window = True
-
-    def write(self, frame, result):
-        if frame.image is None or self._quit:
+            self._error = "{}: OpenCV could not open a window: {}".format(self.uri.text, str(exc).strip())
             return
-        if not self._window:
-            self._open_window()
-        cv2.imshow(self.title, annotate(frame.image, result, self.labels, self.roi))
-        key = cv2.waitKey(1) & 0xFF
-        self.shown += 1
-        closed = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
-        if key in _QUIT_KEYS or closed:
-            self._quit = True
-            os.kill(os.getpid(), signal.SIGINT)  # the run's handler stops after this frame, as Ctrl-C does
-
-    def close(self):
-        if self._window:
+        try:
+            while not self._closing.is_set():
+                with self._lock:
+                    picture, self._latest = self._latest, None
+                if picture is not None:
+                    if not self.shown:
+                        cv2.resizeWindow(self.title, picture.shape[1], picture.shape[0])
+                    cv2.imshow(self.title, picture)
+                    self.shown += 1
+                key = cv2.waitKey(_WAIT_MS) & 0xFF
+                closed = self.shown and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+                if key in _QUIT_KEYS or closed:
+                    self.quit = True
+                    os.kill(os.getpid(), signal.SIGINT)  # the run's handler stops after this frame, as Ctrl-C does
+                    break
+        finally:
             cv2.destroyWindow(self.title)
             cv2.waitKey(1)
-            self._window = False
+
+    def close(self):
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
