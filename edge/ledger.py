@@ -7,6 +7,12 @@ Schema version 2 (``PRAGMA user_version``) adds the statuses ``skipped`` and
 ``ungradable`` and, per row, the file's identity (``file``, ``size_bytes``,
 ``mtime_ns``), the frame's ``frame_index`` and ``modality``; a version-1
 ledger is migrated in place, in one transaction, when it is opened.
+
+Schema version 3 adds ``frames``, the frame count of a multi-frame file (a
+DICOM volume; NULL for a single image), so that a watched folder can tell a
+volume screened to its last frame from one cut short by a killed process
+(``screened_files``, ``screened_frames``). A version-2 ledger gains the
+column (NULL in its rows) when it is opened.
 """
 import json
 import os
@@ -15,7 +21,7 @@ import time
 
 from edge.records import STATUSES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _RUNS = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,7 +54,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     size_bytes INTEGER,
     mtime_ns INTEGER,
     frame_index INTEGER,
-    modality TEXT
+    modality TEXT,
+    frames INTEGER
 );
 """
 
@@ -56,6 +63,11 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS results_file ON results(file, size_bytes, mtime_ns);
 """
+
+# a file identity's rows cover it: a whole-file row, or every frame of a volume (rows written before
+# schema 3 have no frame count and count as complete)
+_COMPLETE = ("(SUM(frame_index IS NULL) > 0 OR COUNT(*) > 0 AND"
+             " COUNT(DISTINCT frame_index) >= MAX(COALESCE(frames, 0)))")
 
 _V1_COLUMNS = "id, run_id, path, status, label, confidence, probs, error, latency_ms, created_at"
 
@@ -91,7 +103,9 @@ class Ledger(object):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute(_RUNS)
-            if has_results:  # version 1: copy rows into the new table, absolute paths kept as they were
+            if has_results and version == 2:
+                self.conn.execute("ALTER TABLE results ADD COLUMN frames INTEGER")
+            elif has_results:  # version 1: copy rows into the new table, absolute paths kept as they were
                 self.conn.execute(_results_sql("results_v2"))
                 self.conn.execute("INSERT INTO results_v2 ({0}) SELECT {0} FROM results".format(_V1_COLUMNS))
                 self.conn.execute("DROP TABLE results")
@@ -121,16 +135,47 @@ class Ledger(object):
         try:
             self.conn.execute(
                 "INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at,"
-                " file, size_bytes, mtime_ns, frame_index, modality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " file, size_bytes, mtime_ns, frame_index, modality, frames)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, result.path, result.status, result.label, result.confidence, probs, result.error,
                  result.latency_ms, _now(), meta.get("path"), meta.get("size_bytes"), meta.get("mtime_ns"),
-                 meta.get("index"), meta.get("modality")))
+                 meta.get("index"), meta.get("modality"), meta.get("frames") if "index" in meta else None))
             self.conn.execute("UPDATE runs SET images = images + 1, errors = errors + ? WHERE id = ?",
                               (1 if result.status == "error" else 0, run_id))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def screened_files(self, folder):
+        """{file: {(size_bytes, mtime_ns), ...}}: the file identities under ``folder`` screened completely.
+
+        Complete: a row for the whole file (no frame index: an image, or a file
+        that failed as a whole), or as many frames as its ``frames`` says. One
+        range scan of the ``results_file`` index: the files of ``folder`` sort
+        between ``folder/`` and ``folder0`` ('0' follows '/').
+        """
+        prefix = os.path.join(os.path.abspath(folder), "")
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        found = {}
+        for file, size_bytes, mtime_ns in self.conn.execute(
+                "SELECT file, size_bytes, mtime_ns FROM results WHERE file >= ? AND file < ?"
+                " AND size_bytes IS NOT NULL AND mtime_ns IS NOT NULL GROUP BY file, size_bytes, mtime_ns"
+                " HAVING " + _COMPLETE, (prefix, upper)):
+            found.setdefault(file, set()).add((size_bytes, mtime_ns))
+        return found
+
+    def is_screened(self, file, size_bytes, mtime_ns):
+        """True if this file identity (absolute path, size, mtime in ns) was screened completely."""
+        row = self.conn.execute("SELECT " + _COMPLETE + " FROM results WHERE file = ? AND size_bytes = ? AND"
+                                " mtime_ns = ?", (file, size_bytes, mtime_ns)).fetchone()
+        return bool(row and row[0])
+
+    def screened_frames(self, file, size_bytes, mtime_ns):
+        """The frame indices of this file identity that have a row (a volume cut short resumes after them)."""
+        return set(row[0] for row in self.conn.execute(
+            "SELECT DISTINCT frame_index FROM results WHERE file = ? AND size_bytes = ? AND mtime_ns = ?"
+            " AND frame_index IS NOT NULL", (file, size_bytes, mtime_ns)))
 
     def finish_run(self, run_id, summary):
         self.conn.execute("UPDATE runs SET finished_at = ?, summary = ? WHERE id = ?",

@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   retina-edge run scan.jpg --model bundles/fundus4    one image, another bundle
   retina-edge run /data/clinic --results out.csv      also write a CSV, one row per file
   retina-edge run /data/clinic -o out.jsonl -o null:// --backend onnxruntime --precision int8
+  retina-edge run /data/export --watch --quarantine /data/bad    screen files as they arrive, until Ctrl-C
+  retina-edge run csi://0 -o display://0 -o annotated/           a CSI camera, shown and saved annotated
 
 """ + EXIT_CODES_HELP
 
@@ -28,7 +30,11 @@ def add_arguments(p):
     p.add_argument("--results", metavar="FILE.csv", default=None,
                    help="also write one CSV row per image (appends to a file with the same columns)")
     p.add_argument("-o", "--output", metavar="URI", action="append", default=[],
-                   help="an output: FILE.csv, FILE.jsonl, null:// (repeat for several)")
+                   help="an output: FILE.csv, FILE.jsonl, display://0, a folder (DIR/ or images://DIR) for "
+                        "annotated images, null:// (repeat for several)")
+    p.add_argument("--quarantine", metavar="DIR", default=None,
+                   help="move inputs that end as errors into DIR (relative paths kept, nothing overwritten), "
+                        "after the ledger has their row; off by default")
     p.add_argument("--ledger", metavar="FILE.db", default=None,
                    help="SQLite results ledger (default: $RETINA_EDGE_HOME/ledger.db or ~/.retina-edge/ledger.db)")
     add_backend_options(p)
@@ -60,7 +66,7 @@ def build(args, session, log):
     from edge.backends import BackendError, choose_backend, create_backend
     from edge.checks import default_checks
     from edge.home import ledger_path
-    from edge.io.outputs import ConsoleOutput, LedgerOutput, OutputError, open_output
+    from edge.io.outputs import ConsoleOutput, LedgerOutput, OutputDisabled, OutputError, open_output
     from edge.io.sources import SourceError, open_source
     from edge.ledger import Ledger
     from models.bundle import BundleError, load_bundle
@@ -73,9 +79,13 @@ def build(args, session, log):
     except (BundleError, SourceError, BackendError) as exc:
         raise SetupError(str(exc))
     uris = ([args.results] if args.results else []) + list(args.output)
+    output_options = {"headless": args.headless, "root": getattr(session.source, "root", None),
+                      "roi": session.bundle.manifest["preprocess"].get("roi")}
     for uri in uris:
         try:
-            session.outputs.append(open_output(uri, session.bundle.labels, {"headless": args.headless}))
+            session.outputs.append(open_output(uri, session.bundle.labels, output_options))
+        except OutputDisabled as exc:
+            log(str(exc))
         except OutputError as exc:
             raise SetupError("results output {}".format(exc))
     session.checks = default_checks(session.bundle)
@@ -87,7 +97,26 @@ def build(args, session, log):
     except (OSError, sqlite3.Error) as exc:
         raise SetupError("cannot open the ledger {}: {}".format(session.ledger_path, exc))
     session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id))
+    _station_wiring(args, session)
     session.outputs.append(ConsoleOutput(errors_only=args.quiet))
+
+
+def _station_wiring(args, session):
+    """A watched folder remembers through the ledger and skips the folders written into; the quarantine
+    comes after the ledger and the other outputs (they record where the file was when screened)."""
+    source = session.source
+    if hasattr(source, "attach_ledger"):
+        source.attach_ledger(session.ledger)
+    quarantine = getattr(args, "quarantine", None)  # verbs that reuse build() (profile) have no --quarantine
+    written = [getattr(o, "folder", None) for o in session.outputs] + [quarantine]
+    for folder in (f for f in written if f and hasattr(source, "exclude")):
+        source.exclude(folder)
+    if quarantine:
+        from edge.io.quarantine import Quarantine
+        try:
+            session.outputs.append(Quarantine(quarantine, root=getattr(source, "root", None)))
+        except (IOError, OSError) as exc:
+            raise SetupError("quarantine folder {}: {}".format(quarantine, exc))
 
 
 class SetupError(RuntimeError):
@@ -116,7 +145,7 @@ def main(args):
     if session.backend_reason != "asked for":
         out.write(session.backend_reason + "\n")
     pipeline = Pipeline(bundle, backend, session.outputs, checks=session.checks)
-    stopped_by = _stop_on_signals(pipeline)
+    stopped_by = _stop_on_signals(pipeline, source)
     stats = None
     try:
         stats = pipeline.run(source)
@@ -133,8 +162,9 @@ def main(args):
     return EXIT_SET_ASIDE if stats.counts["error"] else EXIT_OK
 
 
-def _stop_on_signals(pipeline):
-    """SIGINT/SIGTERM stop the run after the frame in flight; a second Ctrl-C stops at once."""
+def _stop_on_signals(pipeline, source):
+    """SIGINT/SIGTERM stop the run after the frame in flight; a second Ctrl-C stops at once.
+    The source is told too: a watched folder or a camera would otherwise wait for its next frame."""
     stopped_by = []
 
     def handler(signum, _frame):
@@ -142,6 +172,7 @@ def _stop_on_signals(pipeline):
             raise KeyboardInterrupt
         stopped_by.append(signum)
         pipeline.stop()
+        getattr(source, "stop", lambda: None)()
         sys.stderr.write("\nstopping after the image in flight (Ctrl-C again to abort)\n")
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -169,7 +200,8 @@ def _print_report(out, pipeline, stats, session, stopped_by):
             out.write("stopped by {} before the input ended; every result above is kept\n".format(
                 signal.Signals(stopped_by[0]).name))
         out.write(prof.report() + "\n")
-    files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path]
+    files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path
+             and o.uri.scheme not in ("display", "null")]
     out.write("ledger: {} (run {})".format(session.ledger_path, session.run_id)
               + ("; results: {}".format(", ".join(files)) if files else "") + "\n")
     out.flush()

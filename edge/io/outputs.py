@@ -20,13 +20,19 @@ OUTPUTS = {
     "csv": ("edge.io.outputs", "CsvOutput"),
     "jsonl": ("edge.io.outputs", "JsonlOutput"),
     "null": ("edge.io.outputs", "NullOutput"),
+    "display": ("edge.io.display", "DisplayOutput"),
+    "images": ("edge.io.annotate", "AnnotatedImages"),
 }
 
-NOT_YET = {"display": "a display window", "images": "folders of annotated images"}
+NOT_YET = {}
 
 
 class OutputError(ValueError):
     """An output that cannot be opened; the message names it and says why."""
+
+
+class OutputDisabled(OutputError):
+    """An output deliberately left out (display://0 with --headless): say so, and run without it."""
 
 
 class Output(object):
@@ -146,6 +152,8 @@ class ConsoleOutput(object):
                 line = "ok     {:<22} {:6.1%}  {}".format(r.label, r.confidence, self.short(r.path))
         elif r.status == "error":
             line = "error  {}".format(self.short(r.error))
+            if frame.meta.get("quarantined_to"):
+                line += " (moved to {})".format(self.short(frame.meta["quarantined_to"]))
         elif not (r.status == "skipped" and "index" in frame.meta and frame.meta.get("frames", 1) > 1):
             line = "{} {}: {}".format(r.status, self.short(r.path), r.error)  # a volume's skips: its summary
         volume = self.volumes.add(frame, r)

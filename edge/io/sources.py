@@ -8,11 +8,21 @@ file never stops a run.
 A source class takes ``(uri, options)`` and offers ``__iter__``, ``close()``,
 ``describe()``, ``count()`` (the number of frames when known before the
 run, else None), ``live`` (True for cameras and streams: the newest frame
-wins) and ``done(frame, result)``, called once the frame's result is
-committed (a watched folder remembers it then).
+wins), ``done(frame, result)``, called once the frame's result is
+committed (a watched folder remembers it then), ``stop()`` (end the
+iteration soon, from a signal handler or another thread: a watched folder or
+a camera would otherwise wait for its next frame) and ``root`` (the folder
+that input paths are relative to, for outputs that mirror them; None for
+cameras and streams).
+
+Options (``options`` merged over the URI's query): ``loop`` repeats a finite
+source (-1 forever); ``width``, ``height``, ``codec`` configure cameras and
+streams; ``timeout``, ``reconnect`` live reads; ``poll``, ``settle`` a
+watched folder.
 """
 import importlib
 import os
+import sys
 
 from edge.io.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from edge.io.imageinfo import sniff
@@ -24,14 +34,17 @@ SOURCES = {
     "image": ("edge.io.sources", "ImageFiles"),
     "folder": ("edge.io.sources", "Folder"),
     "dicom": ("edge.io.dicom", "DicomFile"),
+    "watch": ("edge.io.watch", "WatchedFolder"),
+    "video": ("edge.io.video", "VideoFile"),
+    "csi": ("edge.io.camera", "CsiCamera"),
+    "v4l2": ("edge.io.camera", "V4l2Camera"),
+    "rtsp": ("edge.io.camera", "NetworkStream"),
+    "http": ("edge.io.camera", "NetworkStream"),
+    "https": ("edge.io.camera", "NetworkStream"),
 }
 
 # schemes the URI parser knows whose source is not in this build: refused with a clear line
-NOT_YET = {
-    "csi": "CSI cameras", "v4l2": "V4L2 cameras", "rtsp": "RTSP streams", "rtp": "RTP streams",
-    "http": "HTTP streams", "https": "HTTP streams", "video": "video files",
-    "watch": "watched folders",
-}
+NOT_YET = {"rtp": "RTP streams"}
 
 
 class SourceError(ValueError):
@@ -41,6 +54,7 @@ class SourceError(ValueError):
 class Source(object):
     """Base: a finite, non-live source that needs nothing on completion."""
     live = False
+    root = None
 
     def __init__(self, uri, options=None):
         self.uri = uri
@@ -53,12 +67,21 @@ class Source(object):
     def done(self, frame, result):
         pass
 
+    def stop(self):
+        pass
+
     def close(self):
         pass
 
     def describe(self):
         n = self.count()
         return "{} ({})".format(self.uri.text, "{} file(s)".format(n) if n is not None else self.uri.scheme)
+
+
+def stderr_line(line):
+    """How a source says something mid-run (waiting, reconnecting): one line on stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def read_file_frame(path, index=None):
@@ -77,12 +100,29 @@ def read_file_frame(path, index=None):
     return Frame(path, data=data, meta=meta)
 
 
+def loop_count(options, text):
+    """The ``loop`` option as an int: 0 once, N = N more passes, -1 forever (jetson-inference's --input-loop)."""
+    value = options.get("loop", 0)
+    try:
+        loops = int(value)
+    except (TypeError, ValueError):
+        raise SourceError("{}: loop={!r} is not a whole number (-1 = forever)".format(text, value))
+    if loops < -1:
+        raise SourceError("{}: loop={} must be -1 (forever), 0 (once) or more".format(text, loops))
+    return loops
+
+
 def file_frames(path):
     """The frames of one file: one for an image (modality fundus), one per frame for a DICOM volume.
 
     A file is DICOM by its suffix or by the ``DICM`` mark after its 128-byte preamble.
     """
-    frame = read_file_frame(path)
+    return frames_of(read_file_frame(path))
+
+
+def frames_of(frame):
+    """The frames of a file already read into ``frame`` (see ``file_frames``)."""
+    path = frame.meta.get("path", frame.source_id)
     if path.lower().endswith(DICOM_SUFFIXES) or (frame.data is not None and sniff(frame.data) == "dicom"):
         from edge.io.dicom import dicom_frames
         return dicom_frames(frame)
@@ -91,7 +131,7 @@ def file_frames(path):
 
 
 class ImageFiles(Source):
-    """Frames from a list of image files, read one at a time (constant memory)."""
+    """Frames from a list of image files, read one at a time (constant memory); ``loop`` repeats the list."""
 
     def __init__(self, uri, options=None, paths=None):
         super(ImageFiles, self).__init__(uri, options)
@@ -99,18 +139,29 @@ class ImageFiles(Source):
             if not os.path.isfile(uri.path):
                 raise SourceError("{}: no such file or folder".format(uri.path))
             paths = [uri.path]
+            self.root = os.path.dirname(os.path.abspath(uri.path))
         self.paths = [os.path.abspath(p) for p in paths]
+        self.loops = loop_count(self.options, uri.text)
+        self._stop = False
 
     def count(self):
-        return len(self.paths)
+        return None if self.loops < 0 else len(self.paths) * (self.loops + 1)
 
     def __len__(self):
         return len(self.paths)
 
+    def stop(self):
+        self._stop = True
+
     def __iter__(self):
-        for path in self.paths:
-            for frame in file_frames(path):
-                yield frame
+        passes = 0
+        while not self._stop and (self.loops < 0 or passes <= self.loops):
+            for path in self.paths:
+                if self._stop:
+                    return
+                for frame in file_frames(path):
+                    yield frame
+            passes += 1
 
 
 class Folder(ImageFiles):
@@ -120,6 +171,7 @@ class Folder(ImageFiles):
         if not os.path.isdir(uri.path):
             raise SourceError("{}: no such folder".format(uri.path))
         super(Folder, self).__init__(uri, options, paths=list_images(uri.path))
+        self.root = os.path.abspath(uri.path)
         if not self.paths:
             raise SourceError("{}: no image files ({}) found".format(
                 uri.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES + DICOM_SUFFIXES)))

@@ -1,4 +1,5 @@
-"""edge/ledger.py: schema version 2, the new statuses, file identity per row, and migrating a version-1 ledger."""
+"""edge/ledger.py: schema version 3, the new statuses, file identity per row, migrating older ledgers, and the
+queries a watched folder asks (which files and frames are screened)."""
 import json
 import sqlite3
 
@@ -44,7 +45,7 @@ def test_every_status_and_the_frame_identity_are_stored(tmp_path, tiny_bundle):
     ledger.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         rows = conn.execute("SELECT path, status, file, size_bytes, mtime_ns, frame_index, modality FROM results"
                             " ORDER BY id").fetchall()
         assert rows[0] == ("/data/a.dcm#3", "skipped", "/data/a.dcm", 1234, 1700000000123456789, 3, "oct")
@@ -70,7 +71,7 @@ def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path, tiny_bundle):
 
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         rows = conn.execute("SELECT id, run_id, path, status, label, probs, error, file FROM results ORDER BY id"
                             ).fetchall()
         assert rows[:2] == [(1, 1, "scans/a.jpg", "ok", "normal", '{"normal": 0.9}', "", None),
@@ -90,3 +91,80 @@ def test_a_ledger_from_a_newer_retina_edge_is_refused(tmp_path):
     conn.close()
     with pytest.raises(sqlite3.DatabaseError, match="schema version 9 is newer"):
         Ledger(path)
+
+
+# The version-2 results table as ledger.py wrote it before the frame count (commit ec7ab67).
+V2_RESULTS = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, source TEXT NOT NULL,
+    bundle_name TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, backend TEXT NOT NULL,
+    images INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, summary TEXT);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs(id), path TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'skipped', 'ungradable')), label TEXT,
+    confidence REAL, probs TEXT, error TEXT NOT NULL DEFAULT '', latency_ms REAL, created_at TEXT NOT NULL,
+    file TEXT, size_bytes INTEGER, mtime_ns INTEGER, frame_index INTEGER, modality TEXT);
+CREATE INDEX results_run ON results(run_id);
+CREATE INDEX results_file ON results(file, size_bytes, mtime_ns);
+INSERT INTO runs (started_at, source, bundle_name, bundle_sha256, backend) VALUES ('t', '/w', 'b', 'abc', 'ort');
+INSERT INTO results (run_id, path, status, created_at, file, size_bytes, mtime_ns, frame_index)
+    VALUES (1, '/w/v.dcm#0', 'skipped', 't', '/w/v.dcm', 10, 20, 0);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_ledger_gains_the_frame_count_and_its_volume_rows_count_as_screened(tmp_path):
+    path = str(tmp_path / "v2.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_RESULTS)
+    conn.close()
+    ledger = Ledger(path)
+    try:
+        columns = [r[1] for r in ledger.conn.execute("PRAGMA table_info(results)")]
+        assert columns[-1] == "frames"
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        # no frame count was recorded before version 3: such a volume is taken as complete, not redone
+        assert ledger.is_screened("/w/v.dcm", 10, 20)
+    finally:
+        ledger.close()
+
+
+def add(ledger, run, path, size, mtime, index=None, frames=None, status="ok"):
+    meta = {"path": path, "size_bytes": size, "mtime_ns": mtime}
+    if index is not None:
+        meta.update(index=index, frames=frames)
+    rid = path if index is None else "{}#{}".format(path, index)
+    ledger.add_result(run, Result(rid, status, "normal" if status == "ok" else None, error=""), meta)
+
+
+def test_a_file_is_screened_by_its_path_size_and_mtime_and_a_volume_by_all_its_frames(tmp_path, tiny_bundle):
+    ledger = Ledger(str(tmp_path / "l.db"))
+    run = ledger.start_run("/w", tiny_bundle, "fake")
+    add(ledger, run, "/w/a.jpg", 100, 1)
+    add(ledger, run, "/w/sub/b.jpg", 200, 2, status="error")
+    add(ledger, run, "/w/bad.dcm", 300, 3, status="error")       # a volume that failed as a whole
+    for index in (0, 1):                                          # a 4-frame volume cut short after 2 frames
+        add(ledger, run, "/w/cut.dcm", 400, 4, index, 4, status="skipped")
+    for index in (0, 1, 2):                                       # a complete 3-frame volume
+        add(ledger, run, "/w/vol.dcm", 500, 5, index, 3, status="skipped")
+    add(ledger, run, "/w2/c.jpg", 100, 1)                         # beside the folder: '/w2' sorts after '/w/'
+    add(ledger, run, "/wx.jpg", 100, 1)
+    ledger.conn.execute("INSERT INTO results (run_id, path, status, created_at) VALUES (?, 'scans/old.jpg', 'ok',"
+                        " 't')", (run,))                          # a version-1 row: no identity
+    try:
+        assert ledger.screened_files("/w") == {"/w/a.jpg": {(100, 1)}, "/w/sub/b.jpg": {(200, 2)},
+                                               "/w/bad.dcm": {(300, 3)}, "/w/vol.dcm": {(500, 5)}}
+        assert ledger.screened_files("/w/sub/") == {"/w/sub/b.jpg": {(200, 2)}}
+        assert ledger.is_screened("/w/a.jpg", 100, 1)
+        assert not ledger.is_screened("/w/a.jpg", 100, 2)   # rewritten: a new mtime
+        assert not ledger.is_screened("/w/a.jpg", 101, 1)
+        assert not ledger.is_screened("/w/nothing.jpg", 1, 1)
+        assert not ledger.is_screened("/w/cut.dcm", 400, 4)
+        assert ledger.is_screened("/w/vol.dcm", 500, 5)
+        assert ledger.screened_frames("/w/cut.dcm", 400, 4) == {0, 1}
+        assert ledger.screened_frames("/w/a.jpg", 100, 1) == set()
+        frames = ledger.conn.execute("SELECT frames FROM results WHERE file = '/w/cut.dcm'").fetchall()
+        assert frames == [(4,), (4,)]
+        assert ledger.conn.execute("SELECT frames FROM results WHERE file = '/w/a.jpg'").fetchone() == (None,)
+    finally:
+        ledger.close()
