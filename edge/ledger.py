@@ -74,7 +74,9 @@ class Ledger(object):
         if not os.path.isdir(folder):
             os.makedirs(folder)
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # explicit transactions
+        # explicit transactions; opened on the main thread, written by the pipeline's output thread
+        # (one thread at a time: the run hands it over and back), so the same-thread check is off
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
