@@ -106,7 +106,8 @@ class Ledger(object):
             self.conn.execute("PRAGMA user_version = {}".format(SCHEMA_VERSION))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL (disk full)
+                self.conn.execute("ROLLBACK")
             raise
 
     def start_run(self, source, bundle, backend):
@@ -131,7 +132,8 @@ class Ledger(object):
                               (1 if result.status == "error" else 0, run_id))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL (disk full)
+                self.conn.execute("ROLLBACK")
             raise
 
     def finish_run(self, run_id, summary):

@@ -119,6 +119,7 @@ class OverlappedRun(object):
                 if not self._put(self.todo, _Item(seq, frame, times, start)):
                     break
                 seq += 1
+                frame = times = None  # hold no frame while waiting for a free slot
         except Exception as exc:  # the source itself broke: finish what was read, then raise it
             self.fail(SourceFailed(source_failure(self.source, exc), self.source, exc), abort=False)
         finally:
@@ -138,6 +139,7 @@ class OverlappedRun(object):
                         item.frame.source_id, type(exc).__name__, exc))
                 if not self._put(self.ready, item):
                     break
+                item = None  # hold no frame while waiting for the next one
         finally:
             self._put(self.ready, _END)
 
@@ -170,6 +172,7 @@ class OverlappedRun(object):
                     done.prepared, done.result = None, result
                     if not self._put(self.finished, done):
                         return
+            item = done = batch = None  # hold no frame while waiting for the next one
         self._put(self.finished, _END)
 
     def _emit(self):
@@ -194,6 +197,7 @@ class OverlappedRun(object):
                         item.frame.source_id, type(exc).__name__, exc), None, exc), abort=True)
                     return
                 self.window.release()
+                item = None  # hold no frame while waiting for the next one
 
     # --- waiting without spinning, and without hanging once aborted -------------------------------
 
