@@ -59,12 +59,21 @@ class Session(object):
         if self.pipeline is not None:
             self.pipeline.stop()
 
-    def close(self):
-        for output in self.outputs:
-            output.close()
-        for thing in (self.source, self.backend):
-            if thing is not None:
+    def close(self, failed=None):
+        """Close every part, whatever each raises; returns a line per part that could not close
+        (``failed``, the part that already failed the run, is closed without a second word)."""
+        problems = []
+        for thing in self.outputs + [self.source, self.backend]:
+            if thing is None:
+                continue
+            try:
                 thing.close()
+            except Exception as exc:  # a full disk raises again on the last flush; the others must still close
+                if thing is not failed:
+                    describe = getattr(thing, "describe", None)
+                    problems.append("closing {}: {}: {}".format(describe() if describe else type(thing).__name__,
+                                                                type(exc).__name__, exc))
+        return problems
 
 
 def build(args, session, log):
@@ -164,12 +173,13 @@ def screen(args, session, signals):
     finally:
         signals.finishing()
         report = _report(pipeline, signals, failure, session.stdout_closed)
-        ledger_error = _finish_ledger(session, report)
-        session.close()
+        problems = [str(failure)] if failure else []
+        problems += filter(None, [_finish_ledger(session, report)])
+        problems += session.close(failed=failure.part if failure else None)
         _print_report(session, pipeline, signals, report)
-    for problem in ([str(failure)] if failure else []) + ([ledger_error] if ledger_error else []):
+    for problem in problems:
         fail("run", problem)
-    if failure is not None or ledger_error:
+    if problems:
         return EXIT_FAILED
     if signals.signum is not None:
         return EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
@@ -226,7 +236,8 @@ def _print_report(session, pipeline, signals, report):
         lines.append("stopped by {} before the input ended; every result above is kept".format(report["stopped_by"]))
     elif report["failure"]:
         lines.append("stopped early: a part of the run failed (below); every result above is kept")
-    lines.append(pipeline.profiler.report())
+    if pipeline.profiler.frames:
+        lines.append(pipeline.profiler.report())
     files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path]
     lines.append("ledger: {} (run {})".format(os.path.abspath(session.ledger_path), session.run_id)
                  + ("; results: {}".format(", ".join(os.path.abspath(f) for f in files)) if files else ""))
