@@ -32,6 +32,8 @@ from edge.postprocess import classify
 from edge.profiling.profiler import Profiler, StageTimes
 from edge.records import STATUSES, Result, error_result
 
+# stage times kept for the percentiles of a long run (past it a uniform sample: memory stays flat)
+PROFILER_SAMPLES = 20000
 # the stages whose sum is a frame's processing latency (latency_ms in results)
 _LATENCY_STAGES = ("pre-process", "host-to-device", "network", "device-to-host", "post-process")
 
@@ -82,7 +84,7 @@ class Pipeline(object):
         self.bundle = bundle
         self.backend = backend
         self.outputs = list(outputs)
-        self.profiler = profiler or Profiler(clock=clock)
+        self.profiler = profiler or Profiler(clock=clock, max_samples=PROFILER_SAMPLES)
         self.checks = list(checks)
         self.clock = clock
         self.workers = max(0, int(workers))
@@ -90,10 +92,18 @@ class Pipeline(object):
         self.preprocessor = backend.make_preprocessor()
         self.stats = RunStats()
         self._stop = threading.Event()
+        self._source = None
 
     def stop(self):
-        """Ask the run to end after the frames in flight (safe from a signal handler or another thread)."""
+        """Ask the run to end after the frames in flight (safe from a signal handler or another thread).
+
+        A source with a ``stop()`` (a watched folder, a camera waiting for its
+        next frame) is told too, so a read in progress returns at once.
+        """
         self._stop.set()
+        stop_source = getattr(self._source, "stop", None)
+        if stop_source is not None:
+            stop_source()
 
     @property
     def stopping(self):
@@ -229,10 +239,14 @@ class Pipeline(object):
         """
         self.stats = RunStats()  # counted live, so a run aborted by a second Ctrl-C can still report
         self.profiler.start()
-        if self.workers == 0:
-            return self._run_serial(source, self.stats)
-        from edge.overlap import OverlappedRun
-        return OverlappedRun(self, source, self.stats).run()
+        self._source = source
+        try:
+            if self.workers == 0:
+                return self._run_serial(source, self.stats)
+            from edge.overlap import OverlappedRun
+            return OverlappedRun(self, source, self.stats).run()
+        finally:
+            self._source = None
 
     def finish_frame(self, frame, result, start, stats, source):
         """Emit one frame, then account for it (total time, profiler, counts)."""

@@ -330,3 +330,25 @@ def test_serial_and_overlapped_give_the_same_rows(tiny_bundle, screen_folder):
         results.append([(r.path, r.status, r.label, r.error) for r in collect.results])
     assert results[0] == results[1] == results[2]
     assert len(results[0]) == 6 and os.path.isabs(results[0][0][0])
+
+
+def test_stop_tells_a_waiting_source_so_its_read_returns(tiny_bundle):
+    """A watched folder or a camera blocks in its read until a frame comes; stop() must wake it."""
+    class Waiting(ListSource):
+        def __init__(self, frames):
+            super(Waiting, self).__init__(frames)
+            self.woken = threading.Event()
+
+        def __iter__(self):
+            for frame in self.frames:
+                yield frame
+            self.woken.wait(60)  # nothing more arrives: only stop() ends this read
+
+        def stop(self):
+            self.woken.set()
+    pipeline = Pipeline(tiny_bundle, RecordingBackend(), workers=1)
+    source = Waiting(grey_frames(3))
+    stopper = threading.Timer(0.3, pipeline.stop)
+    stopper.start()
+    stats = pipeline.run(source)
+    assert source.woken.is_set() and stats.frames == 3
