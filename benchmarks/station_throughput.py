@@ -102,8 +102,23 @@ def _edge_args(folder, out_dir, opts):
     return build_parser().parse_args(argv)
 
 
+def _spinning(opts):
+    """--spin 0/1 sets ONNX Runtime's intra-op spin-wait in this process (benchmark only; -1 leaves it)."""
+    if opts.get("spin", -1) < 0:
+        return
+    import onnxruntime as ort
+    base = ort.SessionOptions
+
+    def options():
+        o = base()
+        o.add_session_config_entry("session.intra_op.allow_spinning", str(opts["spin"]))
+        return o
+    ort.SessionOptions = options
+
+
 def part_ours(folder, opts):
     """retina-edge run's build + pipeline, timed as the run reports it."""
+    _spinning(opts)
     from edge.commands.run import Session, build, pipeline_options
     from edge.pipeline import Pipeline
     out_dir = tempfile.mkdtemp(prefix="bench-ours-")
@@ -155,6 +170,8 @@ def part_stages(folder, opts):
                 prepared.append(pre.prepare(decode_image(f.read(), path)))
     out = {"decode+pre-process": _timed(decode_prepare, n)}
 
+    _spinning(opts)
+
     def network(threads, batch):
         backend = create_backend("onnxruntime", bundle, threads=threads, batch=batch)
         backend.infer(np.concatenate(prepared[:batch]))  # first call allocates; not the steady cost
@@ -185,7 +202,8 @@ PARTS = {"seed": lambda a, o: part_seed(a.folder), "ours": lambda a, o: part_our
 def run_part(name, folder, opts):
     """Run one part in a fresh process (no torch in our loop's process, no threads left over)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--part", name, "--folder", folder,
-           "--threads", str(opts["threads"]), "--batch", str(opts["batch"]), "--workers", str(opts["workers"])]
+           "--threads", str(opts["threads"]), "--batch", str(opts["batch"]), "--workers", str(opts["workers"]),
+           "--spin", str(opts.get("spin", -1))]
     load = os.getloadavg()[0]
     out = subprocess.check_output(cmd, cwd=REPO)
     result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
@@ -252,6 +270,8 @@ def main(argv=None):
                                                            "retina-edge run's default)")
     p.add_argument("--workers", type=int, default=-1, help="decode workers (default %(default)s: run's default)")
     p.add_argument("--batch", type=int, default=1, help="network batch, up to (default %(default)s)")
+    p.add_argument("--spin", type=int, default=-1, choices=(-1, 0, 1),
+                   help="ONNX Runtime intra-op spin-wait: 1 on, 0 off, -1 as the backend sets it (default %(default)s)")
     p.add_argument("--sweep", action="store_true", help="time our loop for several thread layouts, then stop")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -259,7 +279,7 @@ def main(argv=None):
     if args.workers < 0:
         from edge.commands.run import default_workers
         args.workers = default_workers()
-    opts = {"threads": args.threads, "batch": args.batch, "workers": args.workers}
+    opts = {"threads": args.threads, "batch": args.batch, "workers": args.workers, "spin": args.spin}
     if args.part:
         print(json.dumps(PARTS[args.part](args, opts)))
         return 0
@@ -284,16 +304,17 @@ def main(argv=None):
 
 def sweep(folder, args):
     """Our loop for several (ONNX Runtime threads, decode workers, batch) layouts, in turns, `--rounds` times."""
-    layouts = [(t, w, b) for t in (1, 2) for w in (0, 1, 2) for b in (1, 4)]
+    layouts = [(1, -1, 1, 1), (2, -1, 0, 1)] + [(2, spin, w, b) for spin in (1, 0) for w in (1, 2) for b in (1, 4)]
     figures = dict((layout, []) for layout in layouts)
     for _ in range(args.rounds):
-        for t, w, b in layouts:
-            r = run_part("ours", folder, {"threads": t, "workers": w, "batch": b})
-            figures[(t, w, b)].append((r["images_per_s"], r["load_before"]))
-    print("\nORT threads  workers  batch   images/s (per round)        load before")
-    for (t, w, b), values in figures.items():
-        print("  {:>9}  {:>7}  {:>5}   {:<26}  {}".format(t, w, b, " ".join("{:.1f}".format(v) for v, _ in values),
-                                                       " ".join("{:.2f}".format(l) for _, l in values)))
+        for t, spin, w, b in layouts:
+            r = run_part("ours", folder, {"threads": t, "spin": spin, "workers": w, "batch": b})
+            figures[(t, spin, w, b)].append((r["images_per_s"], r["load_before"]))
+    print("\nORT threads  spin  workers  batch   images/s (per round)        load before")
+    for (t, spin, w, b), values in figures.items():
+        print("  {:>9}  {:>4}  {:>7}  {:>5}   {:<26}  {}".format(
+            t, {-1: "-", 0: "off", 1: "on"}[spin], w, b, " ".join("{:.1f}".format(v) for v, _ in values),
+            " ".join("{:.2f}".format(l) for _, l in values)))
     return 0
 
 

@@ -170,6 +170,8 @@ def screen(args, session, signals):
             pipeline.run(source)
     except PipelineFailed as exc:
         failure = exc
+    except KeyboardInterrupt:  # a second Ctrl-C (our handler raises it): the run was aborted at once
+        signals.aborted = True
     finally:
         signals.finishing()
         report = _report(pipeline, signals, failure, session.stdout_closed)

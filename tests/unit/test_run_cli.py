@@ -94,6 +94,35 @@ def test_a_signal_part_way_stops_cleanly_keeps_every_result_and_finishes_the_led
     assert sum(line.startswith("ok ") for line in out.splitlines()) == n
 
 
+def test_a_second_ctrl_c_aborts_at_once_without_a_traceback_and_finishes_the_ledger_run(
+        tmp_path, tiny_bundle, subprocess_env):
+    import cv2
+    import numpy as np
+    big = np.zeros((4000, 4000, 3), np.uint8)  # slow to decode and prepare: the first stop takes a while
+    cv2.circle(big, (2000, 2000), 1800, (60, 90, 200), -1)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0000.jpg"), big)
+    for i in range(1, 300):
+        os.symlink(str(folder / "0000.jpg"), str(folder / "{:04d}.jpg".format(i)))
+    db = str(tmp_path / "l.db")
+    proc = edge(["run", str(folder), "--model", tiny_bundle.root, "--ledger", db], subprocess_env, str(tmp_path))
+    head = read_until_a_result(proc)
+    proc.send_signal(signal.SIGINT)
+    while b"stopping after" not in proc.stderr.readline():  # the first one is being handled: now the second
+        pass
+    proc.send_signal(signal.SIGINT)
+    out = head + proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == EXIT_SIGINT
+    assert "Traceback" not in err
+    assert "aborted by a second Ctrl-C; the results listed above are kept" in out
+    n = summary_count(out)
+    (finished, images, summary), = ledger_rows(db, "SELECT finished_at, images, summary FROM runs")
+    assert finished and json.loads(summary)["aborted"] is True
+    assert images >= n  # a frame aborted between the ledger and the console is in the ledger only
+
+
 def test_a_closed_stdout_ends_quietly(tmp_path, tiny_bundle, many_images, subprocess_env):
     """`retina-edge run DIR | head -3`: no BrokenPipeError traceback, the ledger run finished."""
     db = str(tmp_path / "l.db")
