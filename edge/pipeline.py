@@ -33,7 +33,7 @@ from edge.profiling.profiler import Profiler, StageTimes
 from edge.records import STATUSES, Result, error_result
 
 # stage times kept for the percentiles of a long run (past it a uniform sample: memory stays flat)
-PROFILER_SAMPLES = 20000
+PROFILER_SAMPLES = 5000
 # the stages whose sum is a frame's processing latency (latency_ms in results)
 _LATENCY_STAGES = ("pre-process", "host-to-device", "network", "device-to-host", "post-process")
 
