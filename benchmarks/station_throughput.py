@@ -272,7 +272,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1, help="network batch, up to (default %(default)s)")
     p.add_argument("--spin", type=int, default=-1, choices=(-1, 0, 1),
                    help="ONNX Runtime intra-op spin-wait: 1 on, 0 off, -1 as the backend sets it (default %(default)s)")
-    p.add_argument("--sweep", action="store_true", help="time our loop for several thread layouts, then stop")
+    p.add_argument("--sweep", nargs="?", const="full", choices=("full", "small"),
+                   help="time our loop for several thread layouts (full, or small: the main contenders), then stop")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -304,18 +305,24 @@ def main(argv=None):
 
 def sweep(folder, args):
     """Our loop for several (ONNX Runtime threads, decode workers, batch) layouts, in turns, `--rounds` times."""
-    layouts = [(1, -1, 1, 1), (2, -1, 0, 1)] + [(2, spin, w, b) for spin in (1, 0) for w in (1, 2) for b in (1, 4)]
+    layouts = SWEEP_SMALL if args.sweep == "small" else SWEEP_FULL
     figures = dict((layout, []) for layout in layouts)
     for _ in range(args.rounds):
         for t, spin, w, b in layouts:
             r = run_part("ours", folder, {"threads": t, "spin": spin, "workers": w, "batch": b})
-            figures[(t, spin, w, b)].append((r["images_per_s"], r["load_before"]))
-    print("\nORT threads  spin  workers  batch   images/s (per round)        load before")
+            figures[(t, spin, w, b)].append((r["images_per_s"], r["cpu_ms_per_image"], r["load_before"]))
+    print("\nORT threads  spin  workers  batch   best  median   images/s per round (CPU ms/img, load before)")
     for (t, spin, w, b), values in figures.items():
-        print("  {:>9}  {:>4}  {:>7}  {:>5}   {:<26}  {}".format(
-            t, {-1: "-", 0: "off", 1: "on"}[spin], w, b, " ".join("{:.1f}".format(v) for v, _ in values),
-            " ".join("{:.2f}".format(l) for _, l in values)))
+        rates = sorted(v[0] for v in values)
+        print("  {:>9}  {:>4}  {:>7}  {:>5}  {:>5.1f}  {:>6.1f}   {}".format(
+            t or "0", {-1: "-", 0: "off", 1: "on"}[spin], w, b, rates[-1], rates[len(rates) // 2],
+            "  ".join("{:.1f} ({:.1f}, {:.1f})".format(*v) for v in values)))
     return 0
+
+
+# (ORT threads, spin-wait -1 default / 0 off / 1 on, decode workers, batch)
+SWEEP_FULL = [(1, -1, 1, 1), (2, -1, 0, 1)] + [(2, spin, w, b) for spin in (1, 0) for w in (1, 2) for b in (1, 4)]
+SWEEP_SMALL = [(0, -1, 1, 1), (2, 1, 1, 1), (2, 0, 1, 1), (2, 0, 2, 1), (1, -1, 1, 1)]
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ class OrtBackend(object):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        # intra-op threads block between parallel sections instead of spin-waiting: the pipeline's decode
+        # thread shares the cores; spinning cost 13 ms of CPU per image and halved images/s on 2 cores
+        # (benchmarks/station_throughput.py --sweep)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available_providers = ort.get_available_providers()
         chosen = [p for p in (providers or PREFERRED_PROVIDERS) if p in available_providers] or [
             "CPUExecutionProvider"]
