@@ -40,7 +40,8 @@ def add_backend_options(p, default_backend="auto"):
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="engine, timing and calibration caches (default $RETINA_EDGE_HOME or ~/.retina-edge)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
-                   help="images per network call; TensorRT builds its optimisation profile up to N (default 1)")
+                   help="most images per network call: the network takes those already decoded, up to N, and "
+                        "never waits to fill a batch; TensorRT builds its optimisation profile up to N (default 1)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB",
                    help="TensorRT builder workspace in MB (default: TensorRT's own; part of the engine's cache key)")
 
