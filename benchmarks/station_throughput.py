@@ -322,7 +322,7 @@ def sweep(folder, args):
 
 # (ORT threads, spin-wait -1 default / 0 off / 1 on, decode workers, batch)
 SWEEP_FULL = [(1, -1, 1, 1), (2, -1, 0, 1)] + [(2, spin, w, b) for spin in (1, 0) for w in (1, 2) for b in (1, 4)]
-SWEEP_SMALL = [(0, -1, 1, 1), (2, 1, 1, 1), (2, 0, 1, 1), (2, 0, 2, 1), (1, -1, 1, 1)]
+SWEEP_SMALL = [(0, -1, 1, 1), (0, -1, 1, 2), (0, -1, 1, 4), (0, -1, 2, 1), (1, -1, 1, 1), (0, 1, 1, 1)]
 
 
 if __name__ == "__main__":
