@@ -86,7 +86,9 @@ class Ledger(object):
         if not os.path.isdir(folder):
             os.makedirs(folder)
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # explicit transactions
+        # explicit transactions; opened on the main thread, written by the pipeline's output thread
+        # (one thread at a time: the run hands it over and back), so the same-thread check is off
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
@@ -118,7 +120,8 @@ class Ledger(object):
             self.conn.execute("PRAGMA user_version = {}".format(SCHEMA_VERSION))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL (disk full)
+                self.conn.execute("ROLLBACK")
             raise
 
     def start_run(self, source, bundle, backend):
@@ -144,7 +147,8 @@ class Ledger(object):
                               (1 if result.status == "error" else 0, run_id))
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL (disk full)
+                self.conn.execute("ROLLBACK")
             raise
 
     def screened_files(self, folder):

@@ -16,20 +16,26 @@ EXAMPLES = """examples:
 
 
 def _train_options(p, model, epochs, lr):
-    p.add_argument("--data", required=True, help="class-folder root, or a CSV with path,label[,group][,split]")
+    p.add_argument("--data", required=True, help="class-folder root, or a CSV with path,label[,group][,split] "
+                                                 "(required; without a split column it is split here, group-wise, "
+                                                 "with the default fractions and --seed)")
     p.add_argument("--model", default=model, help="any timm classifier name (default %(default)s)")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", required=True, help="run folder to write (required)")
     p.add_argument("--weights", default="imagenet",
-                   help="imagenet (offline package, else hub), hub, none, or a checkpoint path")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
-    p.add_argument("--cache-dir", default=".cache/prepared", help="where prepared images are cached ('' for none)")
+                   help="imagenet (offline package, else hub), hub, none, or a checkpoint path (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per optimiser step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=lr,
+                   help="peak AdamW learning rate, warmed up then cosine-decayed (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="label smoothing of the cross-entropy term (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for order and augmentation (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimiser steps, for smoke runs (default %(default)s: no limit)")
+    p.add_argument("--cache-dir", default=".cache/prepared",
+                   help="where prepared images are cached, '' for none (default %(default)s)")
 
 
 def build_parser():
@@ -44,38 +50,47 @@ def build_parser():
         return p
 
     p = verb("split", "write a group-wise stratified split as a CSV manifest")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--test", type=float, default=DEFAULT_FRACTIONS["test"])
-    p.add_argument("--val", type=float, default=DEFAULT_FRACTIONS["val"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", required=True, help="class-folder root, or a CSV with path,label[,group] (required)")
+    p.add_argument("--out", required=True, help="split CSV to write: path,label,group,split (required)")
+    p.add_argument("--test", type=float, default=DEFAULT_FRACTIONS["test"],
+                   help="fraction of groups for the test split (default %(default)s)")
+    p.add_argument("--val", type=float, default=DEFAULT_FRACTIONS["val"],
+                   help="fraction of groups for the validation split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split (default %(default)s)")
 
     p = verb("teacher", "train a teacher (or any network) with cross-entropy")
     _train_options(p, "tf_efficientnet_lite2", epochs=6, lr=5e-4)
 
     p = verb("distil", "distil a student from a trained teacher: a*CE + (1-a)*T^2*KL")
     _train_options(p, "tf_efficientnet_lite0", epochs=10, lr=1e-3)
-    p.add_argument("--teacher", required=True, help="teacher run folder")
-    p.add_argument("--alpha", type=float, default=0.3, help="weight of the cross-entropy term")
-    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--teacher", required=True, help="teacher run folder (required)")
+    p.add_argument("--alpha", type=float, default=0.3,
+                   help="weight of the cross-entropy term; 1 - alpha weighs the distillation term "
+                        "(default %(default)s)")
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="softmax temperature T of the distillation term, scaled by T^2 (default %(default)s)")
 
     p = verb("evaluate", "evaluate a checkpoint on a split")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt (required)")
     p.add_argument("--data", default=None, help="data or split CSV (default: the run's split.csv)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--cache-dir", default=".cache/prepared")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="which split to evaluate (default %(default)s)")
+    p.add_argument("--cache-dir", default=".cache/prepared",
+                   help="where prepared images are cached, '' for none (default %(default)s)")
 
     p = verb("export", "export ONNX (opset 13), check parity with ONNX Runtime, write a model bundle")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--name", default=None)
-    p.add_argument("--opset", type=int, default=13)
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |delta logit| allowed (fp32)")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt to export (required)")
+    p.add_argument("--out", required=True, help="bundle folder to write (required)")
+    p.add_argument("--name", default=None, help="bundle name (default: fundus4-<architecture>)")
+    p.add_argument("--opset", type=int, default=13,
+                   help="ONNX opset; TensorRT 8.2 on JetPack 4.6 parses up to 13 (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |delta logit| allowed between PyTorch and ONNX Runtime, fp32 (default %(default)s)")
     p.add_argument("--parity-images", default=None,
                    help="folder of images for the parity check (default: the run's test split)")
     p.add_argument("--variants", default="", metavar="PRECISIONS",
                    help="also make these precision variants (e.g. int8,fp16) with the `quantize` defaults, "
-                        "calibrated on the run's split (default: none)")
+                        "calibrated on the run's split (default '%(default)s': none)")
 
     p = verb("quantize", "add INT8 Q/DQ and FP16 variants to a bundle, measured against fp32 on the val split")
     from training.quantize import add_arguments  # light: numpy and onnxruntime at most

@@ -265,9 +265,9 @@ def main(args, log=print):
 
 
 def add_arguments(p):
-    p.add_argument("--bundle", required=True, help="bundle folder to add the variants to (model.onnx is not changed)")
+    p.add_argument("--bundle", required=True, help="bundle folder to add the variants to (required; model.onnx is not changed)")
     p.add_argument("--data", required=True,
-                   help="image root the bundle's split.csv is relative to (e.g. ../shared/data/fundus4), or the "
+                   help="required: image root the bundle's split.csv is relative to (e.g. ../shared/data/fundus4), or the "
                         "run's split CSV")
     p.add_argument("--precisions", default="int8,fp16", help="variants to make (default %(default)s)")
     p.add_argument("--method", default=DEFAULTS["method"], choices=METHODS,
@@ -283,8 +283,9 @@ def add_arguments(p):
                    help="fine-tune the Q/DQ weights to the fp32 logits for N epochs on the training split (needs "
                         "torch; about 8 min an epoch on 2 CPU cores; on the shipped model 1 epoch lowered "
                         "agreement, so the default is %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"], help="(default %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="calibration subset and fine-tuning seed")
+    p.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"], help="learning rate of the fine-tuning (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="calibration subset and fine-tuning seed (default %(default)s)")
     p.add_argument("--report-test", action="store_true",
-                   help="also measure and record the test split (once, for the shipped recipe; never tune on it)")
-    p.add_argument("--cache-dir", default=".cache/prepared", help="prepared-image cache ('' for none)")
+                   help="also measure and record the test split (once, for the shipped recipe; never tune on it; "
+                        "default off)")
+    p.add_argument("--cache-dir", default=".cache/prepared", help="prepared-image cache ('' for none; default %(default)s)")

@@ -32,6 +32,10 @@ def session_options(precision="fp32", threads=0, fused_int8=False):
         options.intra_op_num_threads = int(threads)
     if precision == "int8" and not fused_int8:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+    # intra-op threads block between parallel sections instead of spin-waiting: the pipeline's decode
+    # thread shares the cores; spinning cost 13 ms of CPU per image and halved images/s on 2 cores
+    # (benchmarks/station_throughput.py --sweep)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -6,14 +6,19 @@ import sys
 EXIT_OK = 0            # every input screened (ok, or a deliberate skipped / ungradable verdict)
 EXIT_SET_ASIDE = 1     # the run finished, but some inputs were set aside with an error
 EXIT_USAGE = 2         # usage or setup error: bad option, bundle, input, output, backend; nothing screened
+EXIT_FAILED = 3        # the run stopped part way: an output (ledger, results file) or the input failed
 EXIT_SIGINT = 130      # stopped by Ctrl-C (SIGINT) after the frame in flight, outputs flushed
+EXIT_SIGPIPE = 141     # stdout was closed (`| head`): stopped quietly after the frames in flight
 EXIT_SIGTERM = 143     # stopped by SIGTERM (e.g. systemd, docker stop), outputs flushed
 
 EXIT_CODES_HELP = """exit codes:
   0    every input screened (ok, skipped or ungradable)
   1    finished, but some inputs were set aside with an error (see the error column)
   2    usage or setup error (option, bundle, input, output, backend): nothing screened
+  3    stopped part way because an output (ledger, results file: disk full?) or the input failed;
+       the message names it; results before it are kept
   130  stopped by Ctrl-C, 143 stopped by SIGTERM: partial results kept and the summary written
+  141  stdout closed (e.g. `| head`): stopped quietly, results kept in the ledger and files
 """
 
 
@@ -36,7 +41,8 @@ def add_backend_options(p, default_backend="auto"):
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="engine, timing and calibration caches (default $RETINA_EDGE_HOME or ~/.retina-edge)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
-                   help="images per network call; TensorRT builds its optimisation profile up to N (default 1)")
+                   help="most images per network call: the network takes those already decoded, up to N, and "
+                        "never waits to fill a batch; TensorRT builds its optimisation profile up to N (default 1)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB",
                    help="TensorRT builder workspace in MB (default: TensorRT's own from 8.4; before, where that "
                         "is 0, 256 on a Nano and 1024 elsewhere; part of the engine's cache key)")

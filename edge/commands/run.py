@@ -4,9 +4,10 @@ import signal
 import sqlite3
 import sys
 
-from edge.commands.common import (EXIT_CODES_HELP, EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT, EXIT_SIGTERM,
-                                  add_backend_options, add_input_options, add_model_option, backend_options,
-                                  bundle_dir, fail, input_options)
+from edge.commands.common import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT,
+                                  EXIT_SIGPIPE, EXIT_SIGTERM, add_backend_options, add_input_options,
+                                  add_model_option, backend_options, bundle_dir, fail, input_options)
+from edge.commands.signals import Interrupted, PipeGuard, SignalStop, silence_stdout
 
 HELP = "screen an image, a folder, or a stream of images"
 DESCRIPTION = ("Screen INPUT and print one line per image, then images/s and per-stage latency. Every result "
@@ -39,6 +40,9 @@ def add_arguments(p):
                    help="SQLite results ledger (default: $RETINA_EDGE_HOME/ledger.db or ~/.retina-edge/ledger.db)")
     add_backend_options(p)
     add_input_options(p)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decode threads working beside the network; 0 runs every stage on one thread "
+                        "(default: the CPU count minus one, at most 4)")
     p.add_argument("--headless", action="store_true", help="never open a display window")
     p.add_argument("--quiet", action="store_true", help="print only problems and the summary")
 
@@ -52,13 +56,30 @@ class Session(object):
         self.checks = []
         self.ledger_path = None
         self.backend_reason = ""
+        self.pipeline = None
+        self.stdout_closed = False
 
-    def close(self):
-        for output in self.outputs:
-            output.close()
-        for thing in (self.source, self.backend):
-            if thing is not None:
+    def close_stdout(self):
+        """stdout went away (`| head`): stop after the frames in flight, quietly."""
+        self.stdout_closed = True
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
+    def close(self, failed=None):
+        """Close every part, whatever each raises; returns a line per part that could not close
+        (``failed``, the part that already failed the run, is closed without a second word)."""
+        problems = []
+        for thing in self.outputs + [self.source, self.backend]:
+            if thing is None:
+                continue
+            try:
                 thing.close()
+            except Exception as exc:  # a full disk raises again on the last flush; the others must still close
+                if thing is not failed:
+                    describe = getattr(thing, "describe", None)
+                    problems.append("closing {}: {}: {}".format(describe() if describe else type(thing).__name__,
+                                                                type(exc).__name__, exc))
+        return problems
 
 
 def build(args, session, log):
@@ -98,7 +119,7 @@ def build(args, session, log):
         raise SetupError("cannot open the ledger {}: {}".format(session.ledger_path, exc))
     session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id))
     _station_wiring(args, session)
-    session.outputs.append(ConsoleOutput(errors_only=args.quiet))
+    session.outputs.append(PipeGuard(ConsoleOutput(errors_only=args.quiet), session.close_stdout))
 
 
 def _station_wiring(args, session):
@@ -123,6 +144,17 @@ class SetupError(RuntimeError):
     pass
 
 
+def pipeline_options(args):
+    """The Pipeline keyword options from parsed ``args`` (the batch comes from the backend)."""
+    workers = getattr(args, "workers", None)
+    return {"workers": default_workers() if workers is None else max(0, workers)}
+
+
+def default_workers():
+    """One decode thread per CPU core the network leaves: the CPU count minus one, 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def input_uri(args):
     """INPUT, or watch://INPUT with --watch."""
     if args.watch and "://" not in args.input:
@@ -132,76 +164,114 @@ def input_uri(args):
 
 def main(args):
     session = Session()
-    out = sys.stdout
+    signals = SignalStop()
     try:
-        build(args, session, log=lambda line: out.write(line + "\n"))
-    except SetupError as exc:
+        try:
+            build(args, session, log=lambda line: _say(session, line))
+        except SetupError as exc:
+            session.close()
+            return fail("run", exc)
+        return screen(args, session, signals)
+    except Interrupted as exc:  # before screening began: nothing to keep but the ledger's word of it
+        _finish_ledger(session, {"images": 0, "stopped_by": signal.Signals(exc.signum).name})
         session.close()
-        return fail("run", exc)
-    from edge.pipeline import Pipeline
+        sys.stderr.write("\nretina-edge run: stopped by {} before screening began; nothing screened\n".format(
+            signal.Signals(exc.signum).name))
+        return EXIT_SIGINT if exc.signum == signal.SIGINT else EXIT_SIGTERM
+    finally:
+        signals.restore()
+
+
+def screen(args, session, signals):
+    """Run the pipeline over the built session; finish the ledger and print the summary whatever happens."""
+    from edge.pipeline import Pipeline, PipelineFailed
     bundle, backend, source = session.bundle, session.backend, session.source
-    out.write("model {} ({}), backend {}, input {}\n".format(
+    pipeline = session.pipeline = Pipeline(bundle, backend, session.outputs, checks=session.checks,
+                                           **pipeline_options(args))
+    _say(session, "model {} ({}), backend {}, input {}".format(
         bundle.manifest["name"], bundle.root, backend.describe(), source.describe()))
     if session.backend_reason != "asked for":
-        out.write(session.backend_reason + "\n")
-    pipeline = Pipeline(bundle, backend, session.outputs, checks=session.checks)
-    stopped_by = _stop_on_signals(pipeline, source)
-    stats = None
+        _say(session, session.backend_reason)
+    signals.attach(pipeline)
+    failure = None
     try:
-        stats = pipeline.run(source)
+        if not session.stdout_closed:
+            pipeline.run(source)
+    except PipelineFailed as exc:
+        failure = exc
+    except KeyboardInterrupt:  # a second Ctrl-C (our handler raises it): the run was aborted at once
+        signals.aborted = True
     finally:
-        report = _report(pipeline, stats, stopped_by)
-        try:
+        signals.finishing()
+        report = _report(pipeline, signals, failure, session.stdout_closed)
+        problems = [str(failure)] if failure else []
+        problems += filter(None, [_finish_ledger(session, report)])
+        problems += session.close(failed=failure.part if failure else None)
+        _print_report(session, pipeline, signals, report)
+    for problem in problems:
+        fail("run", problem)
+    if problems:
+        return EXIT_FAILED
+    if signals.signum is not None:
+        return EXIT_SIGINT if signals.signum == signal.SIGINT else EXIT_SIGTERM
+    if session.stdout_closed:
+        return EXIT_SIGPIPE
+    return EXIT_SET_ASIDE if pipeline.stats.counts["error"] else EXIT_OK
+
+
+def _say(session, line):
+    """A line on stdout; a closed stdout stops the run quietly rather than raising."""
+    if session.stdout_closed:
+        return
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        session.close_stdout()
+
+
+def _finish_ledger(session, report):
+    """Record the run's end and close the ledger; returns an error line, or None."""
+    if session.ledger is None:
+        return None
+    try:
+        if session.run_id is not None:
             session.ledger.finish_run(session.run_id, report)
-        finally:
-            session.ledger.close()
-            session.close()
-        _print_report(out, pipeline, stats, session, stopped_by)
-    if stopped_by:
-        return EXIT_SIGINT if stopped_by[0] == signal.SIGINT else EXIT_SIGTERM
-    return EXIT_SET_ASIDE if stats.counts["error"] else EXIT_OK
+        return None
+    except (OSError, sqlite3.Error) as exc:
+        return "the ledger {} could not record the end of run {}: {}".format(session.ledger_path, session.run_id, exc)
+    finally:
+        session.ledger.close()
 
 
-def _stop_on_signals(pipeline, source):
-    """SIGINT/SIGTERM stop the run after the frame in flight; a second Ctrl-C stops at once.
-    The source is told too: a watched folder or a camera would otherwise wait for its next frame."""
-    stopped_by = []
-
-    def handler(signum, _frame):
-        if stopped_by and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stopped_by.append(signum)
-        pipeline.stop()
-        getattr(source, "stop", lambda: None)()
-        sys.stderr.write("\nstopping after the image in flight (Ctrl-C again to abort)\n")
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stopped_by
-
-
-def _report(pipeline, stats, stopped_by):
+def _report(pipeline, signals, failure, stdout_closed):
     prof = pipeline.profiler
-    counts = stats.as_dict() if stats is not None else {"interrupted": True}
-    counts.update(images=counts.get("frames", prof.frames), errors=counts.get("error", 0),
-                  images_per_s=prof.images_per_s(), stages=prof.summary(),
-                  stopped_by=signal.Signals(stopped_by[0]).name if stopped_by else None)
+    counts = pipeline.stats.as_dict()
+    stopped_by = signals.name or ("SIGPIPE" if stdout_closed else None)
+    counts.update(images=counts["frames"], errors=counts["error"], images_per_s=prof.images_per_s(),
+                  stages=prof.summary(), stopped_by=stopped_by, aborted=signals.aborted,
+                  failure=str(failure) if failure else None)
+    counts["interrupted"] = bool(counts["interrupted"] or signals.aborted or failure or stopped_by)
     return counts
 
 
-def _print_report(out, pipeline, stats, session, stopped_by):
-    prof = pipeline.profiler
-    if stats is not None:
-        c = stats.counts
-        out.write("\n{} image(s), {} ok, {} error(s){}{}; {:.1f} images/s\n".format(
-            stats.frames, c["ok"], c["error"],
-            ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
-            ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", prof.images_per_s()))
-        if stopped_by:
-            out.write("stopped by {} before the input ended; every result above is kept\n".format(
-                signal.Signals(stopped_by[0]).name))
-        out.write(prof.report() + "\n")
+def _print_report(session, pipeline, signals, report):
+    c = pipeline.stats.counts
+    lines = ["", "{} image(s), {} ok, {} error(s){}{}; {:.1f} images/s".format(
+        report["frames"], c["ok"], c["error"], ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
+        ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", report["images_per_s"])]
+    if signals.aborted:
+        lines.append("aborted by a second Ctrl-C; the results listed above are kept")
+    elif report["stopped_by"]:
+        lines.append("stopped by {} before the input ended; every result above is kept".format(report["stopped_by"]))
+    elif report["failure"]:
+        lines.append("stopped early: a part of the run failed (below); every result above is kept")
+    if pipeline.profiler.frames:
+        lines.append(pipeline.profiler.report())
     files = [o.uri.path for o in session.outputs if getattr(o, "uri", None) is not None and o.uri.path
              and o.uri.scheme not in ("display", "null")]
-    out.write("ledger: {} (run {})".format(session.ledger_path, session.run_id)
-              + ("; results: {}".format(", ".join(files)) if files else "") + "\n")
-    out.flush()
+    lines.append("ledger: {} (run {})".format(os.path.abspath(session.ledger_path), session.run_id)
+                 + ("; results: {}".format(", ".join(os.path.abspath(f) for f in files)) if files else ""))
+    for line in lines:
+        _say(session, line)

@@ -166,6 +166,9 @@ class ConsoleOutput(object):
     def close(self):
         pass
 
+    def describe(self):
+        return "console"
+
 
 class LedgerOutput(object):
     """Commits each result to the run's ledger before the frame counts as done."""
@@ -178,6 +181,9 @@ class LedgerOutput(object):
 
     def close(self):
         pass
+
+    def describe(self):
+        return "ledger {} (run {})".format(self.ledger.path, self.run_id)
 
 
 def open_output(text, labels, options=None):

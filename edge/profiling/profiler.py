@@ -11,6 +11,7 @@ overlapped stages it is more than the sum of the others.
 Throughput is frames over the wall-clock window from the end of the warm-up
 to the last frame. Summaries give mean/p50/p90/p99 in milliseconds.
 """
+import random
 import time
 from collections import OrderedDict
 
@@ -67,12 +68,21 @@ class _Stage(object):
 
 
 class Profiler(object):
-    """Collects per-frame stage times; the first ``warmup`` frames are left out of everything."""
+    """Collects per-frame stage times; the first ``warmup`` frames are left out of everything.
 
-    def __init__(self, clock=time.perf_counter, warmup=0):
+    ``max_samples`` bounds what a long run keeps: past it, each stage keeps a
+    uniform random sample of that many of its times (reservoir sampling, seeded)
+    for the percentiles, while ``n`` and the mean stay exact. None keeps all.
+    """
+
+    def __init__(self, clock=time.perf_counter, warmup=0, max_samples=None):
         self.clock = clock
         self.warmup = int(warmup)
+        self.max_samples = max_samples
         self.samples_ms = OrderedDict((s, []) for s in STAGES)
+        self._count = dict((s, 0) for s in STAGES)
+        self._sum_ms = dict((s, 0.0) for s in STAGES)
+        self._random = random.Random(0)
         self.seen = 0
         self.started = None
         self.finished = None
@@ -94,8 +104,19 @@ class Profiler(object):
         if self.started is None:
             self.started = now
         for name, value in times_ms.items():
-            self.samples_ms[name].append(float(value))
+            self._keep(name, float(value))
         self.finished = now
+
+    def _keep(self, name, value):
+        self._count[name] += 1
+        self._sum_ms[name] += value
+        kept = self.samples_ms[name]
+        if self.max_samples is None or len(kept) < self.max_samples:
+            kept.append(value)
+        else:
+            slot = self._random.randrange(self._count[name])
+            if slot < self.max_samples:
+                kept[slot] = value
 
     @property
     def frames(self):
@@ -112,7 +133,7 @@ class Profiler(object):
         for name in STAGES:
             values = self.samples_ms[name]
             if values:
-                out[name] = {"n": len(values), "mean_ms": sum(values) / len(values),
+                out[name] = {"n": self._count[name], "mean_ms": self._sum_ms[name] / self._count[name],
                              "p50_ms": percentile(values, 50), "p90_ms": percentile(values, 90),
                              "p99_ms": percentile(values, 99)}
         return out

@@ -97,3 +97,19 @@ def test_no_frames_means_zero_images_per_second():
     prof = Profiler(warmup=3)
     prof.add_frame({"network": 1.0})
     assert prof.frames == 0 and prof.images_per_s() == 0.0
+
+
+def test_a_bounded_profiler_keeps_a_sample_but_exact_counts_and_means():
+    """A run of days must not keep every frame's times: past max_samples a uniform sample is kept."""
+    prof = Profiler(clock=FakeClock([float(i) for i in range(10001)]), max_samples=100)
+    prof.start()
+    for i in range(10000):
+        prof.add_frame({"network": float(i), "total": 5.0})
+    assert len(prof.samples_ms["network"]) == len(prof.samples_ms["total"]) == 100
+    summary = prof.summary()
+    assert summary["network"]["n"] == 10000 and summary["network"]["mean_ms"] == pytest.approx(4999.5)
+    assert summary["total"] == pytest.approx({"n": 10000, "mean_ms": 5.0, "p50_ms": 5.0, "p90_ms": 5.0,
+                                              "p99_ms": 5.0})
+    # a sample of all frames, not the first (or last) hundred
+    assert 3500.0 < summary["network"]["p50_ms"] < 6500.0
+    assert summary["network"]["p90_ms"] > 7500.0 and min(prof.samples_ms["network"]) < 1000.0

@@ -203,7 +203,7 @@ def test_build_puts_the_ledger_first_and_the_quarantine_after_the_other_outputs(
     session = Session()
     try:
         build(args, session, log=lambda line: None)
-        kinds = [type(o) for o in session.outputs]
+        kinds = [type(getattr(o, "console", o)) for o in session.outputs]  # the console sits in a PipeGuard
         assert kinds == [LedgerOutput, CsvOutput, AnnotatedImages, Quarantine, ConsoleOutput]
         assert session.source.ledger_path == str(tmp_path / "l.db")
         assert session.source.excluded == {str(folder / "annotated"), str(folder / "q")}
