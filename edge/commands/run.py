@@ -100,6 +100,7 @@ def build(args, session, log):
     except (BundleError, SourceError, BackendError) as exc:
         raise SetupError(str(exc))
     uris = ([args.results] if args.results else []) + list(args.output)
+    _refuse_writing_into_the_input(session.source, uris, getattr(args, "quarantine", None))
     output_options = {"headless": args.headless, "root": getattr(session.source, "root", None),
                       "roi": session.bundle.manifest["preprocess"].get("roi")}
     for uri in uris:
@@ -120,6 +121,28 @@ def build(args, session, log):
     session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id))
     _station_wiring(args, session)
     session.outputs.append(PipeGuard(ConsoleOutput(errors_only=args.quiet), session.close_stdout))
+
+
+def _refuse_writing_into_the_input(source, uris, quarantine):
+    """An annotated-images or quarantine folder that IS the input folder would overwrite the inputs with
+    annotated copies, or keep renaming files the watch then takes as new: refused before anything is made.
+    (One inside the input folder is fine: it is skipped, now and by later runs, through its marker file.)"""
+    from edge.io.uri import UriError, parse_output
+    root = getattr(source, "root", None)
+    if not root:
+        return
+    folders = [("quarantine", quarantine)] if quarantine else []
+    for uri in uris:
+        try:
+            parsed = parse_output(uri)
+        except UriError:
+            continue  # open_output reports it
+        if parsed.scheme == "images":
+            folders.append(("annotated images", parsed.path))
+    for what, folder in folders:
+        if os.path.abspath(folder) == os.path.abspath(root):
+            raise SetupError("the {} folder {} is the input folder: give a folder of its own (a subfolder "
+                             "is fine)".format(what, folder))
 
 
 def _station_wiring(args, session):

@@ -16,11 +16,13 @@ with no pixels (an error before decoding) writes nothing.
 """
 import os
 import re
+import time
 
 import cv2
 import numpy as np
 
 from edge.io.outputs import Output, OutputError
+from edge.io.sources import mark_written_folder
 from edge.preprocess import find_fundus_disc
 
 # BGR, by status
@@ -97,6 +99,10 @@ def mirrored_name(frame, root=None):
     stem, suffix = os.path.splitext(rel)
     if suffix.lower() not in WRITABLE_SUFFIXES:
         stem, suffix = rel, ".jpg"
+    captured_at = frame.meta.get("captured_at")
+    if not path and captured_at is not None:  # a camera's frame numbers restart with every run: add the time
+        stem += time.strftime("_%Y%m%d-%H%M%S", time.gmtime(captured_at)) + "{:03d}".format(
+            int((captured_at % 1) * 1000))
     index = frame.meta.get("index")
     if index is not None:
         stem += "_frame{:06d}".format(int(index))
@@ -136,6 +142,7 @@ class AnnotatedImages(Output):
             os.makedirs(self.folder)
         if not os.access(self.folder, os.W_OK):
             raise OutputError("{}: the folder is not writable".format(uri.path))
+        mark_written_folder(self.folder)
         self.written = 0
 
     def write(self, frame, result):

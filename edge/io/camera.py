@@ -162,7 +162,7 @@ class LiveSource(Source):
             tries = 0
             index, bgr, captured_at = item
             yield Frame("{}#{}".format(self.name, index), image=capture.bgr_to_rgb(bgr),
-                        meta={"index": index, "captured_at": captured_at})
+                        meta={"index": index, "captured_at": captured_at, "modality": "fundus"})
 
     def _recover(self, why, tries):
         """Close and reopen the capture after ``why``; the tries made so far, or None once they are spent

@@ -55,7 +55,10 @@ def has_gui():
 
 
 def open_capture(target, api):
-    """``cv2.VideoCapture(target, api)``; the caller checks ``isOpened()``."""
+    """``cv2.VideoCapture(target, api)``; the caller checks ``isOpened()``. OpenCV's own log lines (GStreamer
+    and FFmpeg warnings) are silenced first, as for decoding: the sources say what failed in one line."""
+    from edge.io.decode import quiet_opencv
+    quiet_opencv()
     return cv2.VideoCapture(target, api)
 
 

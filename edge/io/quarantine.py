@@ -19,7 +19,7 @@ import errno
 import os
 import shutil
 
-from edge.io.sources import stderr_line
+from edge.io.sources import mark_written_folder, stderr_line
 
 
 def free_name(path):
@@ -86,6 +86,7 @@ class Quarantine(object):
             os.makedirs(self.folder)
         if not os.access(self.folder, os.W_OK | os.X_OK):
             raise OSError(errno.EACCES, "not writable", self.folder)
+        mark_written_folder(self.folder)
         self.moved = 0
 
     def target(self, path):

@@ -177,10 +177,28 @@ class Folder(ImageFiles):
                 uri.path, ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES + DICOM_SUFFIXES)))
 
 
+# A folder retina-edge writes into (annotated images, quarantine) holds this hidden file, so no later
+# run, with whatever options, screens what it wrote there (an annotated copy, a file set aside).
+WRITTEN_MARKER = ".retina-edge-output"
+
+
+def mark_written_folder(folder):
+    """Leave the marker in an output folder (best effort: a read-only folder fails its own checks)."""
+    try:
+        with open(os.path.join(folder, WRITTEN_MARKER), "a") as f:
+            f.write("")
+    except (IOError, OSError):
+        pass
+
+
 def list_images(folder, suffixes=IMAGE_SUFFIXES + DICOM_SUFFIXES):
-    """Image and DICOM files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    """Image and DICOM files under ``folder``, recursively, sorted; hidden files and folders skipped,
+    and folders retina-edge wrote into (they hold WRITTEN_MARKER)."""
     found = []
     for dirpath, dirnames, files in os.walk(folder):
+        if WRITTEN_MARKER in files:
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and name.lower().endswith(suffixes):

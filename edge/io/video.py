@@ -50,7 +50,8 @@ class VideoFile(Source):
 
     def __iter__(self):
         st = os.stat(self.path)
-        meta = {"path": self.path, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        meta = {"path": self.path, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "modality": "fundus"}  # as for image files: a video carries no modality; the model's is assumed
         index, passes = 0, 0
         while not self._stopping and (self.loops < 0 or passes <= self.loops):
             cap = self._open()

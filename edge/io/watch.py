@@ -57,7 +57,7 @@ import threading
 import time
 
 from edge.io.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES
-from edge.io.sources import Source, SourceError, frames_of, read_file_frame, stderr_line
+from edge.io.sources import WRITTEN_MARKER, Source, SourceError, frames_of, read_file_frame, stderr_line
 
 WATCH_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 TEMP_PREFIXES = (".", "~")
@@ -231,8 +231,10 @@ class WatchedFolder(Source):
 def scan(folder, excluded=()):
     """(absolute path, (size_bytes, mtime_ns)) of the takeable files under ``folder``, recursively.
 
-    Hidden folders, excluded folders and symbolic links to folders are not walked;
-    a file or folder that vanishes during the scan is skipped.
+    Hidden folders, excluded folders, folders retina-edge wrote into (they hold
+    WRITTEN_MARKER: annotated images, quarantine, from any earlier run) and
+    symbolic links to folders are not walked; a file or folder that vanishes
+    during the scan is skipped.
     """
     stack = [folder]
     while stack:
@@ -240,6 +242,8 @@ def scan(folder, excluded=()):
         try:
             entries = list(os.scandir(current))
         except OSError:
+            continue
+        if current != folder and any(e.name == WRITTEN_MARKER for e in entries):
             continue
         for entry in entries:
             try:

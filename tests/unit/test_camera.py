@@ -135,7 +135,7 @@ def test_csi_opens_its_pipeline_with_query_and_command_line_options(tmp_path, mo
         assert source.live and source.name == "csi://1"
         frame = next(iter(source))
         assert frame.source_id.startswith("csi://1#") and frame.image.shape == (8, 8, 3)
-        assert set(frame.meta) == {"index", "captured_at"}
+        assert set(frame.meta) == {"index", "captured_at", "modality"} and frame.meta["modality"] == "fundus"
     finally:
         source.close()
 
@@ -332,5 +332,5 @@ def test_the_cli_screens_a_video_with_input_loop_into_ledger_rows_per_frame(tmp_
     rows = conn.execute("select path, file, frame_index from results order by id").fetchall()
     conn.close()
     assert rows == [("{}#{}".format(path, i), path, i) for i in range(10)]
-    assert sorted(os.listdir(str(tmp_path / "annotated"))) == ["clip.avi_frame{:06d}.jpg".format(i)
-                                                                for i in range(10)]
+    assert sorted(os.listdir(str(tmp_path / "annotated"))) == [".retina-edge-output"] + [
+        "clip.avi_frame{:06d}.jpg".format(i) for i in range(10)]

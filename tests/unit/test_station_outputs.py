@@ -18,7 +18,9 @@ from conftest import LABELS, write_bad_files
 from edge.io import capture
 from edge.io.annotate import STATUS_COLOURS, AnnotatedImages, annotate, mirrored_name
 from edge.io.outputs import OutputDisabled, OutputError, open_output
+from edge.io.uri import parse_output
 from edge.io.quarantine import Quarantine, move_without_overwriting
+from edge.io.sources import WRITTEN_MARKER
 from edge.records import Frame, Result
 
 PROBS = {"cataract": 0.05, "diabetic_retinopathy": 0.1, "glaucoma": 0.8, "normal": 0.05}
@@ -53,6 +55,9 @@ def test_mirrored_names_keep_the_inputs_relative_path():
     assert name("/in/oct.dcm", "/in", index=7) == "oct.dcm_frame000007.jpg"
     assert name("/in/clip.mp4", "/in", index=12) == "clip.mp4_frame000012.jpg"
     assert name(source_id="csi://0#41", index=41) == "csi_0_frame000041.jpg"
+    # a camera's frame numbers restart with every run: its names carry the capture time (UTC, to the ms)
+    shot = Frame("csi://0#41", meta={"index": 41, "captured_at": 1795305600.25})
+    assert mirrored_name(shot) == "csi_0_20261122-000000250_frame000041.jpg"
 
 
 def test_annotate_draws_the_status_banner_the_probabilities_and_the_region(tmp_path):
@@ -76,7 +81,7 @@ def test_annotated_images_are_written_atomically_mirroring_the_input(tmp_path):
     out.write(Frame("/in/c.jpg", error="decode: bad", meta={"path": "/in/c.jpg"}),
               Result("/in/c.jpg", "error", error="decode: bad"))  # no pixels: nothing to draw
     written = sorted(os.path.relpath(os.path.join(d, f), str(tmp_path / "out"))
-                     for d, _, files in os.walk(str(tmp_path / "out")) for f in files)
+                     for d, _, files in os.walk(str(tmp_path / "out")) for f in files if f != WRITTEN_MARKER)
     assert written == ["b.png", os.path.join("sub", "a.jpg")]  # and no temporary file left behind
     image = cv2.imread(str(tmp_path / "out" / "sub" / "a.jpg"))
     assert image.shape == (480, 640, 3)
@@ -188,7 +193,7 @@ def test_cli_quarantine_moves_bad_inputs_after_their_ledger_rows(tmp_path, tiny_
     rows = dict(conn.execute("select path, status from results"))
     conn.close()
     assert rows == dict([(good, rows[good])] + [(p, "error") for p in bad])  # the paths they had when screened
-    assert os.listdir(str(tmp_path / "annotated")) == ["good.jpg"]
+    assert sorted(os.listdir(str(tmp_path / "annotated"))) == [WRITTEN_MARKER, "good.jpg"]
 
 
 def test_build_puts_the_ledger_first_and_the_quarantine_after_the_other_outputs(tmp_path, tiny_bundle):
@@ -210,3 +215,33 @@ def test_build_puts_the_ledger_first_and_the_quarantine_after_the_other_outputs(
     finally:
         session.ledger.close()
         session.close()
+
+
+def test_an_output_folder_that_is_the_input_folder_is_refused_before_anything_is_written(
+        tmp_path, tiny_bundle, subprocess_env):
+    folder = tmp_path / "scans"
+    jpeg_file(str(folder / "a.jpg"))
+    before = sorted(os.listdir(str(folder)))
+    for extra in (["-o", str(folder) + "/"], ["--quarantine", str(folder)]):
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", str(folder), "--model", tiny_bundle.root,
+                                 "--ledger", str(tmp_path / "l.db")] + extra, env=subprocess_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        assert b"is the input folder" in err
+        assert sorted(os.listdir(str(folder))) == before  # no marker, no annotated copy: nothing written
+
+
+def test_folders_retina_edge_wrote_into_are_never_screened_by_a_later_run(tmp_path, tiny_bundle):
+    """A marker file keeps annotated copies and quarantined files out of later runs, whatever their options."""
+    from edge.io.sources import list_images
+    from edge.io.watch import scan
+    folder = tmp_path / "scans"
+    jpeg_file(str(folder / "a.jpg"))
+    AnnotatedImages(parse_output(str(folder / "annotated") + "/"), ["x"])
+    Quarantine(str(folder / "q"))
+    jpeg_file(str(folder / "annotated" / "a.jpg"))
+    jpeg_file(str(folder / "q" / "b.jpg"))
+    assert os.path.isfile(str(folder / "annotated" / WRITTEN_MARKER))
+    assert list_images(str(folder)) == [str(folder / "a.jpg")]
+    assert [p for p, _ in scan(str(folder))] == [str(folder / "a.jpg")]
