@@ -143,7 +143,8 @@ class Pipeline(object):
         stage = "check"
         try:
             if result is None:
-                result = self.check(frame)
+                with times.stage("pre-process"):  # the quality gate is image work before the network
+                    result = self.check(frame)
             if result is not None:
                 return None, result
             stage = "pre-process"

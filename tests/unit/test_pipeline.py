@@ -270,6 +270,23 @@ def test_a_preprocess_failure_names_the_stage(tiny_bundle):
     assert result.error.startswith("pre-process: odd.png: ")
 
 
+def test_the_quality_gate_is_timed_as_pre_process(tiny_bundle):
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def slow_check(frame, bundle):  # a gate that takes 7 ms of the (fake) clock and passes the frame
+        now[0] += 0.007
+        return None
+
+    pipeline = Pipeline(tiny_bundle, _FlakyBackend(), checks=[slow_check], clock=clock)
+    frame = _frames(1)[0]
+    pipeline.process(frame)
+    assert frame.times_ms["pre-process"] == pytest.approx(7.0)
+    assert "check" not in frame.times_ms  # only the fixed stage names
+
+
 def test_temperature_softens_probabilities(tiny_bundle):
     cold = run_frames(Pipeline(tiny_bundle, _FlakyBackend()), _frames(2))[1]
     tiny_bundle.manifest["postprocess"]["temperature"] = 4.0
