@@ -14,9 +14,15 @@ def _verb_modules():
     return [(name, importlib.import_module(module)) for name, module in VERBS]
 
 
+def _example_lines(examples):
+    """A verb's examples without their own ``examples:`` heading, for the one list in the top-level help."""
+    block = examples.split("\n\n")[0]
+    return "\n".join(line for line in block.splitlines() if line.strip() != "examples:")
+
+
 def build_parser():
     modules = _verb_modules()
-    epilog = "\n".join(m.EXAMPLES.split("\n\n")[0] for _, m in modules) + "\n\n" + EXIT_CODES_HELP
+    epilog = "examples:\n" + "\n".join(_example_lines(m.EXAMPLES) for _, m in modules) + "\n\n" + EXIT_CODES_HELP
     parser = Parser(prog="retina-edge", description="Retinal screening aid on the edge (not a diagnosis).",
                     epilog=epilog)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

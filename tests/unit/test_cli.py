@@ -71,6 +71,16 @@ def test_help_has_worked_examples(capsys):
     assert "exit codes:" in out
 
 
+def test_top_level_help_lists_every_verbs_examples_under_one_heading(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.count("examples:") == 1 and out.count("exit codes:") == 1
+    for verb in ("run", "build", "selftest", "profile"):
+        assert "  retina-edge {} ".format(verb) in out or "  retina-edge {}\n".format(verb) in out
+
+
 def run_edge(args, env, cwd):
     proc = subprocess.Popen([sys.executable, "-m", "edge"] + args, cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
