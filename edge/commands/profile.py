@@ -22,7 +22,8 @@ EXAMPLES = """examples:
   retina-edge profile --input csi://0 --seconds 30     a camera, live
 
 power: the INA3221 on a Jetson (sysfs), else tegrastats, else NVML on a desktop GPU (pip install
-nvidia-ml-py); elsewhere the report says "not available" and why. Plots need pip install retina-edge[plots].
+nvidia-ml-py); elsewhere the report says "not available" and why. Plots need matplotlib
+(pip install '.[plots]' in the repository).
 """
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

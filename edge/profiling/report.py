@@ -7,7 +7,7 @@
     thermal.csv   temperature samples: time, each zone's degC
     clocks.csv    clock-cap samples: time, each cap's MHz
     *.png         latency histograms, power and temperature over time (with the
-                  ``plots`` extra: pip install retina-edge[plots])
+                  ``plots`` extra: pip install '.[plots]')
 
 Times in the CSV files are seconds from the start of the profile.
 """
@@ -19,7 +19,8 @@ from collections import OrderedDict
 
 from edge.profiling.profiler import STAGES, Profiler
 
-PLOTS_HINT = "plots skipped: pip install retina-edge[plots]"
+PLOTS_HINT = ("plots skipped: matplotlib is not installed (pip install matplotlib, or the plots extra: "
+              "pip install '.[plots]' in the repository)")
 
 
 class RecordingProfiler(Profiler):
