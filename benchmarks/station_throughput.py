@@ -103,17 +103,22 @@ def _edge_args(folder, out_dir, opts):
 
 
 def _spinning(opts):
-    """--spin 0/1 sets ONNX Runtime's intra-op spin-wait in this process (benchmark only; -1 leaves it)."""
+    """--spin 0/1 forces ONNX Runtime's intra-op spin-wait in this process, whatever the backend sets
+    (benchmark only; -1 leaves the backend's choice)."""
     if opts.get("spin", -1) < 0:
         return
     import onnxruntime as ort
-    base = ort.SessionOptions
+    key, forced, base = "session.intra_op.allow_spinning", str(opts["spin"]), ort.SessionOptions
 
-    def options():
-        o = base()
-        o.add_session_config_entry("session.intra_op.allow_spinning", str(opts["spin"]))
-        return o
-    ort.SessionOptions = options
+    class Options(base):
+        def __init__(self):
+            super(Options, self).__init__()
+            base.add_session_config_entry(self, key, forced)
+
+        def add_session_config_entry(self, name, value):
+            if name != key:
+                base.add_session_config_entry(self, name, value)
+    ort.SessionOptions = Options
 
 
 def part_ours(folder, opts):
