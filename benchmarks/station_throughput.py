@@ -103,36 +103,27 @@ def _edge_args(folder, out_dir, opts):
 
 
 def _spinning(opts):
-    """--spin 0/1 sets ONNX Runtime's intra-op spin-wait in this process (benchmark only; -1 leaves it)."""
+    """--spin 0/1 forces ONNX Runtime's intra-op spin-wait in this process, whatever the backend sets
+    (benchmark only; -1 leaves the backend's choice)."""
     if opts.get("spin", -1) < 0:
         return
     import onnxruntime as ort
-    base = ort.SessionOptions
+    key, forced, base = "session.intra_op.allow_spinning", str(opts["spin"]), ort.SessionOptions
 
-    def options():
-        o = base()
-        o.add_session_config_entry("session.intra_op.allow_spinning", str(opts["spin"]))
-        return o
-    ort.SessionOptions = options
+    class Options(base):
+        def __init__(self):
+            super(Options, self).__init__()
+            base.add_session_config_entry(self, key, forced)
 
-
-def _worker_nice(opts):
-    """--nice N: decode workers run N nice levels below the network (Linux: nice is per thread). Experiment."""
-    if not opts.get("nice"):
-        return
-    from edge import overlap
-    prepare = overlap.OverlappedRun._prepare
-
-    def niced(self):
-        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + opts["nice"])  # this thread
-        return prepare(self)
-    overlap.OverlappedRun._prepare = niced
+        def add_session_config_entry(self, name, value):
+            if name != key:
+                base.add_session_config_entry(self, name, value)
+    ort.SessionOptions = Options
 
 
 def part_ours(folder, opts):
     """retina-edge run's build + pipeline, timed as the run reports it."""
     _spinning(opts)
-    _worker_nice(opts)
     from edge.commands.run import Session, build, pipeline_options
     from edge.pipeline import Pipeline
     out_dir = tempfile.mkdtemp(prefix="bench-ours-")
@@ -217,7 +208,7 @@ def run_part(name, folder, opts):
     """Run one part in a fresh process (no torch in our loop's process, no threads left over)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--part", name, "--folder", folder,
            "--threads", str(opts["threads"]), "--batch", str(opts["batch"]), "--workers", str(opts["workers"]),
-           "--spin", str(opts.get("spin", -1)), "--nice", str(opts.get("nice", 0))]
+           "--spin", str(opts.get("spin", -1))]
     load = os.getloadavg()[0]
     out = subprocess.check_output(cmd, cwd=REPO)
     result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
@@ -286,7 +277,6 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1, help="network batch, up to (default %(default)s)")
     p.add_argument("--spin", type=int, default=-1, choices=(-1, 0, 1),
                    help="ONNX Runtime intra-op spin-wait: 1 on, 0 off, -1 as the backend sets it (default %(default)s)")
-    p.add_argument("--nice", type=int, default=0, help=argparse.SUPPRESS)  # experiment: decode workers' nice
     p.add_argument("--sweep", nargs="?", const="full", choices=("full", "small"),
                    help="time our loop for several thread layouts (full, or small: the main contenders), then stop")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
@@ -295,8 +285,7 @@ def main(argv=None):
     if args.workers < 0:
         from edge.commands.run import default_workers
         args.workers = default_workers()
-    opts = {"threads": args.threads, "batch": args.batch, "workers": args.workers, "spin": args.spin,
-            "nice": args.nice}
+    opts = {"threads": args.threads, "batch": args.batch, "workers": args.workers, "spin": args.spin}
     if args.part:
         print(json.dumps(PARTS[args.part](args, opts)))
         return 0
