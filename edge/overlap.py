@@ -18,6 +18,8 @@ frame the reader takes from the source and given back when its outputs have
 it, so however slow an output is, no more than that many frames (and their
 pixels) exist at once, and a live source is read only when there is room
 (it keeps the newest frame itself). The queues are bounded by the same limit.
+A live source gets a smaller window (``Pipeline.window_for``): frames waiting
+in queues would only make the displayed picture older.
 
 Batching rule: the network thread blocks for one prepared frame, then takes
 those already waiting, up to ``Pipeline.batch``; it never waits for a batch
@@ -61,7 +63,7 @@ class OverlappedRun(object):
         self.p = pipeline
         self.source = source
         self.stats = stats if stats is not None else RunStats()
-        limit = pipeline.in_flight_limit
+        limit = pipeline.window_for(source)
         self.window = threading.Semaphore(limit)
         self.todo = queue.Queue(maxsize=limit)
         self.ready = queue.Queue(maxsize=limit)

@@ -114,6 +114,14 @@ class Pipeline(object):
         """The most frames between the source and the outputs at once (read, not yet emitted)."""
         return 1 if self.workers == 0 else 2 * (self.workers + self.batch) + 2
 
+    def window_for(self, source):
+        """The in-flight limit for ``source``. A live source (a camera, a stream) gets the smallest window
+        that still keeps every stage busy, one frame per worker, one batch, one being written, since
+        every frame waiting in a queue makes the picture on the display older; files get the wider one."""
+        if self.workers and getattr(source, "live", False):
+            return self.workers + self.batch + 1
+        return self.in_flight_limit
+
     # --- the stages ---------------------------------------------------------------------------------
 
     def decode(self, frame, times):

@@ -153,6 +153,37 @@ def test_a_slow_output_never_lets_frames_pile_up(tiny_bundle):
     assert sum(r() is not None for r in alive) == 0, "the pipeline kept frames after the run"
 
 
+def test_a_live_source_gets_a_smaller_window_so_the_picture_stays_fresh(tiny_bundle):
+    """A camera always has a newest frame; frames queued behind the network only age. The reader takes
+    the next one only when the smaller live window has room."""
+    pipeline = Pipeline(tiny_bundle, RecordingBackend(max_batch=1), workers=2)
+    live_limit = pipeline.workers + pipeline.batch + 1
+    assert live_limit < pipeline.in_flight_limit
+    seen = {"read": 0, "written": 0, "ahead": 0}
+
+    class Camera(object):
+        live = True
+
+        def __iter__(self):
+            for frame in grey_frames(30):
+                seen["read"] += 1
+                yield frame
+
+    class SlowOutput(object):
+        def write(self, frame, result):
+            time.sleep(0.005)
+            seen["written"] += 1
+            seen["ahead"] = max(seen["ahead"], seen["read"] - seen["written"])
+
+        def close(self):
+            pass
+    pipeline.outputs.append(SlowOutput())
+    stats = pipeline.run(Camera())
+    assert stats.frames == 30 and seen["written"] == 30
+    assert live_limit - 1 <= seen["ahead"] <= live_limit, "read {} frames ahead of the outputs".format(seen["ahead"])
+    assert pipeline.window_for(grey_frames(1)) == pipeline.in_flight_limit  # files keep the wider window
+
+
 def test_the_pipeline_keeps_nothing_per_frame_after_the_run(tiny_bundle):
     backend = create_backend("onnxruntime", tiny_bundle)
     pipeline = Pipeline(tiny_bundle, backend, workers=2)
