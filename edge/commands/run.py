@@ -3,6 +3,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 
 from edge.commands.common import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT,
                                   EXIT_SIGPIPE, EXIT_SIGTERM, add_backend_options, add_input_options,
@@ -58,6 +59,7 @@ class Session(object):
         self.backend_reason = ""
         self.pipeline = None
         self.stdout_closed = False
+        self.started_s = time.monotonic()
 
     def close_stdout(self):
         """stdout went away (`| head`): stop after the frames in flight, quietly."""
@@ -279,11 +281,26 @@ def _report(pipeline, signals, failure, stdout_closed):
     return counts
 
 
+def _rate(session, pipeline, report):
+    """images/s, except for a watched folder: its run mostly waits for files, so images/s would measure the
+    clinic's pace, not the device's; say how long it watched instead (`retina-edge profile` measures speed)."""
+    uri = getattr(session.source, "uri", None)
+    if uri is None or uri.scheme != "watch":
+        return "{:.1f} images/s".format(report["images_per_s"])
+    return "watched for {}".format(_duration(time.monotonic() - session.started_s))
+
+
+def _duration(seconds):
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return "{}h {:02d}m {:02d}s".format(hours, minutes, secs) if hours else "{}m {:02d}s".format(minutes, secs)
+
+
 def _print_report(session, pipeline, signals, report):
     c = pipeline.stats.counts
-    lines = ["", "{} image(s), {} ok, {} error(s){}{}; {:.1f} images/s".format(
+    lines = ["", "{} image(s), {} ok, {} error(s){}{}; {}".format(
         report["frames"], c["ok"], c["error"], ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
-        ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", report["images_per_s"])]
+        ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", _rate(session, pipeline, report))]
     if signals.aborted:
         lines.append("aborted by a second Ctrl-C; the results listed above are kept")
     elif report["stopped_by"]:

@@ -5,6 +5,7 @@ ledger, then ``done``. Waits are generous upper bounds, never timings: how fast 
 measured by benchmarks/watch_latency.py.
 """
 import os
+import re
 import queue
 import signal
 import sqlite3
@@ -331,6 +332,8 @@ def test_a_watched_run_screens_new_files_and_ends_on_a_signal_with_its_summary(
     assert proc.returncode == code, err
     assert "watching {}".format(folder) in err and "Traceback" not in err
     assert "2 image(s)" in out and "stopped by {}".format(signal.Signals(signum).name) in out
+    # a watched run mostly waits for files: it says how long it watched, not a meaningless images/s
+    assert re.search(r"2 image\(s\), .*; watched for 0m \d\ds\n", out) and "images/s" not in out
     conn = sqlite3.connect(ledger)
     assert sorted(r[0] for r in conn.execute("select path from results")) == [str(folder / "a.jpg"), b]
     finished, summary = conn.execute("select finished_at, summary from runs").fetchone()
