@@ -24,7 +24,7 @@ from edge.backends import BackendError
 from edge.backends.engine_cache import EngineCache
 from edge.backends.trt_api import TrtApi, import_tensorrt
 from edge.backends.trt_build import EngineRequest, engine_for
-from edge.backends.trt_precision import plan_build
+from edge.backends.trt_precision import plan_build, variant_agreement
 from edge.gpu.cuda import GpuError
 from models.bundle import BundleError
 
@@ -115,7 +115,7 @@ class TensorRTBackend(object):
         calibration_ready = bool(calibration) or bool(
             cache.calibration_cache_path(bundle.manifest["model"]["sha256"]))
         plan = plan_build(self.api, precision, self.compute_capability, bundle.precisions, calibration_ready,
-                          force_int8)
+                          force_int8, agreement=variant_agreement(bundle.variants))
         for note in plan.notes:
             self.log(note)
         workspace_bytes = (int(workspace_mb) << 20 if workspace_mb

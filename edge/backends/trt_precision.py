@@ -12,7 +12,8 @@ version numbers itself.
            over --calibration DIR (or a calibration cache made earlier);
            on a GPU without fast INT8 (the Nano) FP16 instead, unless forced
     best   the fastest that keeps accuracy: INT8 Q/DQ where the GPU has fast INT8
-           and the bundle has the variant, else FP16 where the GPU has fast FP16, else fp32
+           and the bundle has the variant (agreeing with fp32 on >= 99 % of val images,
+           where recorded), else FP16 where the GPU has fast FP16, else fp32
 """
 from edge.backends import BackendError
 from edge.backends.trt_api import fast_fp16, fast_int8
@@ -40,18 +41,46 @@ def sm(cc):
     return "sm_{}{}".format(cc[0], cc[1])
 
 
-def plan_build(api, requested, compute_capability, variants, calibration_ready=False, force_int8=False):
+# `best` takes the bundle's INT8 variant only where its recorded top-1 agreement with fp32 (on the val split,
+# by `retina-train quantize`) reaches the target the variants are made to: below it INT8 is not "keeping accuracy".
+BEST_MIN_INT8_AGREEMENT = 0.99
+
+
+def plan_build(api, requested, compute_capability, variants, calibration_ready=False, force_int8=False,
+               agreement=None):
     """BuildPlan for ``requested`` (fp32/fp16/int8/best) on a GPU of ``compute_capability``.
 
     ``variants``: the precisions the bundle carries ("fp32", "int8", "fp16");
-    ``calibration_ready``: images (--calibration DIR) or a calibration cache exist.
+    ``calibration_ready``: images (--calibration DIR) or a calibration cache exist;
+    ``agreement``: precision -> the variant's recorded top-1 agreement with fp32, where the bundle has one.
     Raises BackendError, in one line, where the request cannot be built.
     """
     cc = tuple(compute_capability)
     planner = _PLANNERS.get(requested)
     if planner is None:
         raise BackendError("unknown precision {!r}; choose one of {}".format(requested, ", ".join(sorted(_PLANNERS))))
-    return planner(api, cc, set(variants), calibration_ready, force_int8)
+    variants = set(variants)
+    doubt = None
+    int8_agreement = (agreement or {}).get("int8")
+    if requested == "best" and "int8" in variants and int8_agreement is not None and \
+            int8_agreement < BEST_MIN_INT8_AGREEMENT:
+        variants.discard("int8")
+        doubt = ("best: not the INT8 variant, whose top-1 agreement with fp32 is {:.1%} (below {:.0%}); "
+                 "--precision int8 builds it anyway".format(int8_agreement, BEST_MIN_INT8_AGREEMENT))
+    plan = planner(api, cc, variants, calibration_ready, force_int8)
+    if doubt:
+        plan.notes.insert(0, doubt)
+    return plan
+
+
+def variant_agreement(variants):
+    """precision -> top-1 agreement with fp32 recorded in the bundle's variant entries (``Bundle.variants``)."""
+    out = {}
+    for precision, entry in (variants or {}).items():
+        value = (entry.get("agreement") or {}).get("top1_agreement")
+        if isinstance(value, (int, float)):
+            out[precision] = float(value)
+    return out
 
 
 def _fp32(api, cc, variants, calibration_ready, force_int8, requested="fp32"):

@@ -8,7 +8,7 @@ import pytest
 
 from edge.backends import BackendError
 from edge.backends.trt_api import TrtApi, fast_fp16, fast_int8, parse_version
-from edge.backends.trt_precision import plan_build
+from edge.backends.trt_precision import plan_build, variant_agreement
 from trtfakes import make_tensorrt
 
 NANO, ORIN, PASCAL_1080 = (5, 3), (8, 7), (6, 1)
@@ -179,3 +179,19 @@ def test_fp32_builds_the_fp32_model_without_flags_everywhere():
         assert (p.precision, p.variant, p.flags, p.calibrate) == ("fp32", "fp32", (), False)
     with pytest.raises(BackendError, match="unknown precision"):
         plan("10.0.1", "int4", NANO)
+
+
+def test_best_leaves_out_an_int8_variant_that_does_not_keep_accuracy():
+    p = plan("8.6.1", "best", ORIN, ("fp32", "int8"), agreement={"int8": 0.94})
+    assert (p.precision, p.variant) == ("fp16", "fp32")
+    assert "94.0%" in p.notes[0] and "--precision int8" in p.notes[0]
+    kept = plan("8.6.1", "best", ORIN, ("fp32", "int8"), agreement={"int8": 0.997})
+    assert (kept.precision, kept.variant) == ("int8", "int8")
+    asked = plan("8.6.1", "int8", ORIN, ("fp32", "int8"), agreement={"int8": 0.94})
+    assert (asked.precision, asked.variant) == ("int8", "int8")  # asked for by name: built
+
+
+def test_variant_agreement_reads_the_bundles_records():
+    variants = {"int8": {"agreement": {"top1_agreement": 0.9970501474926253}}, "fp16": {"file": "x"}}
+    assert variant_agreement(variants) == {"int8": 0.9970501474926253}
+    assert variant_agreement(None) == {}

@@ -119,6 +119,14 @@ def test_int8_builds_the_qdq_variant(tiny_bundle, tmp_path, version, flags):
     backend.close()
 
 
+def test_best_on_orin_skips_an_int8_variant_whose_recorded_agreement_is_low(tiny_bundle, tmp_path):
+    bundle = add_variant(tiny_bundle, "int8", b"QDQ", agreement=0.94)
+    backend, trt, _, log = make_backend(bundle, tmp_path, version="10.3.0", gpu=ORIN, precision="best")
+    assert backend.precision == "fp16" and backend.engine_info.key["variant"] == "fp32"
+    assert log.having("agreement with fp32 is 94.0%")
+    backend.close()
+
+
 def test_int8_on_the_nano_builds_fp16_unless_forced(tiny_bundle, tmp_path):
     bundle = add_variant(tiny_bundle, "int8", b"QDQ")
     backend, trt, _, log = make_backend(bundle, tmp_path, version="8.2.1.8", gpu=NANO, precision="int8")

@@ -10,8 +10,9 @@ NANO = ("NVIDIA Tegra X1", (5, 3))
 ORIN = ("Orin", (8, 7))
 
 
-def add_variant(bundle, precision, marker):
-    """Give ``bundle`` a variant file (the fp32 ONNX bytes + ``marker``: b"QDQ" or b"FP16TYPED") in its manifest."""
+def add_variant(bundle, precision, marker, agreement=None):
+    """Give ``bundle`` a variant file (the fp32 ONNX bytes + ``marker``: b"QDQ" or b"FP16TYPED") in its manifest,
+    with ``agreement`` (top-1 agreement with fp32 on val) recorded as `retina-train quantize` records it."""
     from models.bundle import load_bundle
     with open(bundle.onnx_path, "rb") as f:
         data = f.read() + marker
@@ -23,6 +24,8 @@ def add_variant(bundle, precision, marker):
         manifest = json.load(f)
     manifest.setdefault("variants", {})[precision] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
                                                            "kind": "qdq-int8" if precision == "int8" else "fp16"}
+    if agreement is not None:
+        manifest["variants"][precision]["agreement"] = {"split": "val", "top1_agreement": agreement}
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     return load_bundle(bundle.root)
