@@ -4,6 +4,8 @@
     engines/            TensorRT engines, keyed by everything that makes them non-portable
     timing/             TensorRT timing caches, one per TensorRT version
     calibration/        INT8 calibration caches
+    heartbeat           touched by ``retina-edge run --watch`` while its scan loop is alive (a container's
+                        healthcheck reads its age: docker/healthcheck.sh); removed when the watch ends
 
 Nothing else in ``edge/`` builds these paths. A ``--cache-dir`` given on the
 command line replaces ``engines/``, ``timing/`` and ``calibration/``' parent.
@@ -37,3 +39,7 @@ def timing_cache_dir(cache_dir=None):
 
 def calibration_dir(cache_dir=None):
     return os.path.join(cache_root(cache_dir), "calibration")
+
+
+def heartbeat_path():
+    return os.path.join(home(), "heartbeat")

@@ -153,6 +153,9 @@ def _station_wiring(args, session):
     source = session.source
     if hasattr(source, "attach_ledger"):
         source.attach_ledger(session.ledger)
+    if hasattr(source, "beat_to"):  # the container's HEALTHCHECK reads its age (docker/healthcheck.sh)
+        from edge.home import heartbeat_path
+        source.beat_to(heartbeat_path())
     quarantine = getattr(args, "quarantine", None)  # verbs that reuse build() (profile) have no --quarantine
     written = [getattr(o, "folder", None) for o in session.outputs] + [quarantine]
     for folder in (f for f in written if f and hasattr(source, "exclude")):

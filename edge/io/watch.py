@@ -45,6 +45,14 @@ Durability
     ledger is read through a connection of this source's own (WAL readers do
     not block the writer), opened on the thread that iterates.
 
+Liveness
+    Once ``beat_to(path)`` is given (``retina-edge run`` gives ``$RETINA_EDGE_HOME/heartbeat``), the scan
+    loop touches that file at most every ``HEARTBEAT_S`` seconds: after each scan of a folder that is
+    there, and as each frame is taken. A loop that is stuck (the pipeline no longer takes frames) or
+    waiting for a folder that is gone stops touching it, so its age tells a supervisor (the container's
+    HEALTHCHECK, docker/healthcheck.sh) that nothing arriving would be screened. The file is removed when
+    the watch ends. One line if it cannot be written; the watch goes on.
+
 A folder that does not exist is refused at start, with a line saying so: a
 typing mistake would otherwise wait forever while looking healthy; a service
 that starts before its share is mounted should order itself after the mount
@@ -66,6 +74,7 @@ TEMP_SUFFIXES = ("~", ".part", ".partial", ".tmp", ".temp", ".crdownload", ".fil
 POLL_S = 0.2
 SETTLE_S = 0.4
 EMPTY_SETTLE_S = 5.0
+HEARTBEAT_S = 10.0
 
 
 def takes_name(name):
@@ -106,11 +115,16 @@ class WatchedFolder(Source):
         self._in_flight = {}   # path -> (size_bytes, mtime_ns) as scanned: yielded, not done yet
         self._pending = {}     # path -> ((size_bytes, mtime_ns), first seen with this key, monotonic s)
         self.taken = 0
+        self.heartbeat = None  # a Heartbeat once beat_to() is given
 
     # --- wiring ---------------------------------------------------------------------------------
     def attach_ledger(self, ledger):
         """Remember files across restarts through this ledger (its path; a connection is opened per run)."""
         self.ledger_path = ledger if isinstance(ledger, str) else ledger.path
+
+    def beat_to(self, path):
+        """Touch ``path`` at most every HEARTBEAT_S seconds while the scan loop is alive (see Liveness)."""
+        self.heartbeat = Heartbeat(path, log=lambda line: self.log(line))
 
     def exclude(self, folder):
         """Never walk ``folder`` (an output or quarantine folder inside the watched one)."""
@@ -147,6 +161,8 @@ class WatchedFolder(Source):
             for frame in self._frames(ledger):
                 yield frame
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.clear()
             if ledger is not None:
                 ledger.close()
 
@@ -171,14 +187,20 @@ class WatchedFolder(Source):
             began = time.monotonic()
             ready = self._ready(ledger)
             scan_s = time.monotonic() - began
+            self._beat()
             for path, key in ready:
                 for frame in self._read(path, key, ledger):
                     if self._stop.is_set():
                         return
+                    self._beat()
                     yield frame
             # scans start every poll_s (not poll_s after the last one ended), but never more than a third of
             # the time goes to scanning: a folder of 100,000 files is polled less often rather than hogging a core
             self._stop.wait(max(began + max(self.poll_s, 3 * scan_s) - time.monotonic(), 0.01))
+
+    def _beat(self):
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
     def _ready(self, ledger):
         """One scan: the files complete since the last ones and not screened, oldest first."""
@@ -226,6 +248,39 @@ class WatchedFolder(Source):
         if ledger is not None:
             done = ledger.screened_frames(path, frame.meta["size_bytes"], frame.meta["mtime_ns"])
         return (f for f in frames_of(frame) if f.meta.get("index") not in done)
+
+
+class Heartbeat(object):
+    """A file whose mtime says when the loop last went round; written at most every ``every_s`` seconds."""
+
+    def __init__(self, path, every_s=HEARTBEAT_S, log=stderr_line):
+        self.path, self.every_s, self.log = path, every_s, log
+        self._last = None
+        self._warned = False
+
+    def beat(self):
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return
+        self._last = now
+        try:
+            folder = os.path.dirname(self.path)
+            if folder and not os.path.isdir(folder):
+                os.makedirs(folder)
+            with open(self.path, "a"):
+                pass
+            os.utime(self.path, None)
+        except (IOError, OSError) as exc:
+            if not self._warned:
+                self.log("heartbeat {} not written ({}); a healthcheck reading it will call this watch "
+                         "stuck".format(self.path, exc))
+            self._warned = True
+
+    def clear(self):
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
 
 
 def scan(folder, excluded=()):
