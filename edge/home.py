@@ -14,6 +14,7 @@ Folders are created when first written, never at import.
 import os
 
 ENV = "RETINA_EDGE_HOME"
+SAMPLES_ENV = "RETINA_EDGE_SAMPLES"
 
 
 def home():
@@ -43,3 +44,10 @@ def calibration_dir(cache_dir=None):
 
 def heartbeat_path():
     return os.path.join(home(), "heartbeat")
+
+
+def samples_dir():
+    """The sample fundus images `selftest` and `profile` use by default: ``$RETINA_EDGE_SAMPLES`` (the
+    containers set it: their package is installed without the repository) or a checkout's samples/fundus."""
+    return os.environ.get(SAMPLES_ENV) or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples", "fundus")

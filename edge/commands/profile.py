@@ -7,6 +7,7 @@ import time
 from argparse import Namespace
 from collections import OrderedDict
 
+from edge import home
 from edge.commands.common import (EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT, EXIT_SIGTERM, add_backend_options,
                                   add_input_options, add_model_option, fail)
 
@@ -26,16 +27,14 @@ nvidia-ml-py); elsewhere the report says "not available" and why. Plots need mat
 (pip install '.[plots]' in the repository).
 """
 
-SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                       "samples", "fundus")
 
 
 def add_arguments(p):
     from edge.profiling.power import CHOICES
     add_model_option(p)
     p.add_argument("--input", metavar="URI", default=None,
-                   help="image file, folder or stream URI, looped as needed (default: the repository's "
-                        "samples/fundus; an installed package has none, so give --input)")
+                   help="image file, folder or stream URI, looped as needed (default: $RETINA_EDGE_SAMPLES, else "
+                        "the repository's samples/fundus; an installed package has none, so give --input)")
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--frames", type=int, default=None, metavar="N",
                        help="images to measure after the warm-up (default 100)")
@@ -62,7 +61,8 @@ def add_arguments(p):
 
 def default_input():
     """The sample folder of a source checkout; None when retina-edge was installed without it."""
-    return SAMPLES if os.path.isdir(SAMPLES) else None
+    samples = home.samples_dir()
+    return samples if os.path.isdir(samples) else None
 
 
 class Limited(object):
@@ -117,7 +117,8 @@ def main(args):
     args.input = args.input or default_input()
     if args.input is None:
         return fail("profile", "no --input given, and the sample folder {} is not here (an installed package "
-                               "does not ship samples/); give --input FOLDER, FILE or URI".format(SAMPLES))
+                               "does not ship samples/; set {} or give --input FOLDER, FILE or URI)".format(
+                                   home.samples_dir(), home.SAMPLES_ENV))
     if args.frames is None and args.seconds is None:
         args.frames = 100
     if (args.frames is not None and args.frames < 1) or (args.seconds is not None and args.seconds <= 0):

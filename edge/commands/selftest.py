@@ -1,8 +1,8 @@
 """retina-edge selftest: the platform, the bundle, each runtime and precision, the preprocessing; PASS/FAIL per check."""
 import json
-import os
 import sys
 
+from edge import home
 from edge.commands.common import EXIT_OK, add_model_option, bundle_dir
 
 EXIT_FAILED = 1
@@ -20,11 +20,6 @@ exit codes: 0 every check passed or was skipped, 1 a check failed, 2 usage error
 """
 
 
-def _default_samples():
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(here, "samples", "fundus")
-
-
 def _gpu_versions():
     """TensorRT, CUDA runtime, cuDNN and the GPU as the TensorRT backend sees them (never raises)."""
     try:
@@ -38,7 +33,8 @@ def _gpu_versions():
 def add_arguments(p):
     add_model_option(p)
     p.add_argument("--samples", metavar="DIR", default=None,
-                   help="images to check with (default: the repository's samples/fundus)")
+                   help="images to check with (default: $RETINA_EDGE_SAMPLES, else the repository's "
+                        "samples/fundus)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the platform and every check as JSON")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for ONNX Runtime")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="engine cache (default $RETINA_EDGE_HOME)")
@@ -60,7 +56,7 @@ def main(args):
             why = platform.get(key + "_error")
             out.write("  {:<18} {}\n".format(key, value if value is not None else
                                              "not found" + (": " + why if why else "")))
-    test = SelfTest(bundle_dir(args.model), args.samples or _default_samples(),
+    test = SelfTest(bundle_dir(args.model), args.samples or home.samples_dir(),
                     {"threads": args.threads, "cache_dir": args.cache_dir,
                      "precisions": [p for p in args.precisions.split(",") if p]},
                     log=lambda line: (out.write(line + "\n"), out.flush()))

@@ -545,3 +545,14 @@ def test_check_image_refuses_a_pip_opencv_without_gstreamer_here(tmp_path):
     assert rc == 1 and out == ""
     assert "a pip OpenCV is installed" in err and "opencv_python_headless" in err
     assert "built without GStreamer" in err
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.l4t-r32", "Dockerfile.l4t-r36"])
+def test_jetson_images_ship_the_samples_selftest_and_profile_use_by_default(name):
+    with open(os.path.join(DOCKER, name)) as f:
+        text = f.read()
+    assert "COPY samples /opt/retina-edge/samples" in text
+    assert "RETINA_EDGE_SAMPLES=/opt/retina-edge/samples/fundus" in text
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        kept = [line.strip() for line in f if line.startswith("!")]
+    assert "!samples/" in kept and os.path.isdir(os.path.join(ROOT, "samples", "fundus"))

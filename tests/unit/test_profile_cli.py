@@ -145,10 +145,11 @@ def test_frames_and_seconds_exclude_each_other(capsys):
 
 
 def test_without_the_sample_folder_input_must_be_given(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(profile, "SAMPLES", str(tmp_path / "not-installed" / "samples" / "fundus"))
+    monkeypatch.setenv("RETINA_EDGE_SAMPLES", str(tmp_path / "not-installed" / "samples" / "fundus"))
     assert profile.main(parse(["--out", str(tmp_path / "p")])) == 2
     err = capsys.readouterr().err
     assert "retina-edge profile: error: no --input given" in err and "give --input" in err
+    assert "set RETINA_EDGE_SAMPLES" in err
 
 
 def test_an_existing_report_folder_is_not_overwritten(tmp_path, capsys):

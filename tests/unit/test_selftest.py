@@ -69,9 +69,13 @@ def test_a_crashing_check_is_a_fail_naming_it(tmp_path, tiny_bundle, fundus_dir)
     assert summary(results) == (False, "selftest FAILED: 0 passed, 1 failed (boom), 0 skipped")
 
 
-def test_default_samples_exist_in_the_repository():
-    from edge.commands.selftest import _default_samples
-    assert _default_samples() == os.path.join(REPO_ROOT, "samples", "fundus")
+def test_default_samples_are_the_repositorys_unless_the_environment_names_others(monkeypatch, tmp_path):
+    from edge import home
+    monkeypatch.delenv("RETINA_EDGE_SAMPLES", raising=False)
+    assert home.samples_dir() == os.path.join(REPO_ROOT, "samples", "fundus")
+    assert os.path.isdir(home.samples_dir())
+    monkeypatch.setenv("RETINA_EDGE_SAMPLES", str(tmp_path))  # as the containers set it
+    assert home.samples_dir() == str(tmp_path)
 
 
 class _EngineLike(object):
