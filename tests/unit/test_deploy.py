@@ -124,8 +124,9 @@ def test_every_script_under_deploy_passes_shellcheck():
 def test_a_nano_dry_run_mounts_devices_sockets_and_volumes_and_passes_arguments_intact(tmp_path):
     prefix, env = jetson(tmp_path, NANO, videos=("video0", "video1"))
     args = ["run", "/data/inbox/clinic a", "--results", "/data/results/it's here.csv", "--quiet"]
-    rc, out, err = call([RUN, "--dry-run", "--model", os.path.join(ROOT, "models", "default")] + folders(tmp_path)
-                        + ["--"] + args, env=env)
+    samples = os.path.join(ROOT, "samples", "fundus")
+    rc, out, err = call([RUN, "--dry-run", "--model", os.path.join(ROOT, "models", "default"), "--volume",
+                         samples + ":/data/samples:ro"] + folders(tmp_path) + ["--"] + args, env=env)
     assert rc == 0, err
     argv = parse(out)
     image = "retina-edge:{}-l4t-r32.7.1".format(version())
@@ -137,6 +138,7 @@ def test_a_nano_dry_run_mounts_devices_sockets_and_volumes_and_passes_arguments_
     assert "{}:/data/results".format(tmp_path / "res") in volumes
     assert "{}:/models/default:ro".format(os.path.join(ROOT, "models", "default")) in volumes
     assert prefix + "/tmp/argus_socket:/tmp/argus_socket" in volumes
+    assert samples + ":/data/samples:ro" in volumes
     assert env["RETINA_EDGE_NV_TEGRA_RELEASE"] + ":/etc/nv_tegra_release:ro" in volumes
     assert pairs(docker, "--device") == [prefix + "/dev/video0:/dev/video0", prefix + "/dev/video1:/dev/video1"]
     assert pairs(docker, "--group-add")  # the GPU's /dev/nvhost-* nodes are root:video on L4T
@@ -194,10 +196,14 @@ def test_an_image_for_another_l4t_release_is_refused_naming_the_one_to_pull(tmp_
     assert rc == 0 and nano_image.replace("r32.7.1", "r36.4.0") in out
 
 
-def test_a_model_folder_without_a_bundle_is_refused(tmp_path):
+def test_a_model_folder_without_a_bundle_and_a_volume_that_is_not_there_are_refused(tmp_path):
     _, env = jetson(tmp_path, NANO)
     rc, _, err = call([RUN, "--dry-run", "--model", str(tmp_path)] + folders(tmp_path) + ["selftest"], env=env)
     assert rc == 2 and "bundle.json" in err and str(tmp_path) in err
+    for volume, why in [(str(tmp_path / "nope") + ":/data/x", "does not exist"),
+                        (str(tmp_path) + ":/data/x:zz", "HOST:PATH:ro")]:
+        rc, out, err = call([RUN, "--dry-run", "--volume", volume] + folders(tmp_path) + ["selftest"], env=env)
+        assert (rc, out) == (2, "") and why in err
 
 
 def fake_docker(tmp_path, has_image=True):
