@@ -360,6 +360,15 @@ def test_setup_jetson_power_options_and_an_orin_needs_no_swap(tmp_path):
     assert "skipped: --clocks: jetson_clocks not found" in out
 
 
+def test_setup_jetson_on_a_tree_with_nothing_in_it_says_what_it_could_not_read(tmp_path):
+    rc, out, err = call([SETUP, "--root", str(tmp_path), "--dry-run", "--user", "jet", "--maxn"])
+    assert rc == 0, err
+    assert "this does not look like a Jetson" in out and "skipped: swap: cannot read" in out
+    assert "changed: docker: wrote {}/etc/docker/daemon.json".format(tmp_path) in out
+    assert json.loads(read(str(tmp_path / "etc" / "docker" / "daemon.json")))["default-runtime"] == "nvidia"
+    assert "skipped: --maxn: no MAXN mode" in out
+
+
 def test_setup_jetson_leaves_a_daemon_json_it_cannot_read_alone(tmp_path):
     root = nano_root(tmp_path)
     write(root + "/etc/docker/daemon.json", '{"log-driver": "json-file",')
