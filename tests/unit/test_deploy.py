@@ -166,6 +166,28 @@ def test_an_orin_dry_run_opens_x11_only_for_a_display_output(tmp_path):
     assert rc == 0 and "X11" not in out and "DISPLAY" not in out
 
 
+def test_the_jtop_socket_is_mounted_when_asked_and_there(tmp_path):
+    prefix, env = jetson(tmp_path, ORIN, videos=(), argus=False)
+    rc, out, err = call([RUN, "--dry-run", "--jtop"] + folders(tmp_path) + ["profile"], env=env)
+    assert (rc, out) == (2, "") and "jetson-stats" in err
+    unix_socket(prefix + "/run/jtop.sock")
+    rc, out, err = call([RUN, "--dry-run", "--jtop"] + folders(tmp_path) + ["profile"], env=env)
+    assert rc == 0 and prefix + "/run/jtop.sock:/run/jtop.sock" in pairs(parse(out), "--volume")
+
+
+@pytest.mark.skipif(os.getuid() == 1000, reason="the test's folders would belong to the container's uid already")
+def test_a_state_folder_the_container_cannot_write_is_named_with_the_fix(tmp_path):
+    """The usual cause of an engine rebuilt at every start: a volume folder made by another user."""
+    _, env = jetson(tmp_path, NANO)
+    for name in ("home", "inbox", "res"):
+        os.makedirs(str(tmp_path / name))
+    rc, out, err = call([RUN, "--dry-run"] + folders(tmp_path) + ["selftest"], env=env)
+    assert rc == 0 and "sudo chown -R 1000:video {}".format(tmp_path / "home") in err
+    os.chmod(str(tmp_path / "home"), 0o777)
+    rc, out, err = call([RUN, "--dry-run"] + folders(tmp_path) + ["selftest"], env=env)
+    assert rc == 0 and str(tmp_path / "home") not in err and str(tmp_path / "inbox") in err
+
+
 def test_options_end_at_the_first_retina_edge_argument(tmp_path):
     _, env = jetson(tmp_path, NANO)
     rc, out, err = call([RUN, "--dry-run"] + folders(tmp_path) + ["selftest", "--json", "/data/results/s.json"], env=env)
