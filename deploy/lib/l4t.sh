@@ -50,3 +50,56 @@ project_version() {
 image_name() {
     echo "retina-edge:$1-l4t-$2"
 }
+
+# --- added for deploy/run and deploy/setup-jetson ---
+
+# l4t_jetpack RELEASE -> the JetPack release that ships it, as NVIDIA names it: "JetPack 4.6.1" for r32.7.1,
+# "JetPack 6.1" for r36.4.0; other releases by series ("JetPack 5.x" for r35.*), which is all a message needs.
+# (JetPack 4.6.1 = L4T 32.7.1 and JetPack 6.1 = L4T 36.4.0: NVIDIA's JetPack release notes.)
+l4t_jetpack() {
+    case "$1" in
+        r32.7.1) echo "JetPack 4.6.1" ;;
+        r36.4.0) echo "JetPack 6.1" ;;
+        r32.*) echo "JetPack 4.x" ;;
+        r35.*) echo "JetPack 5.x" ;;
+        r36.*) echo "JetPack 6.x" ;;
+        *) echo "an unknown JetPack" ;;
+    esac
+}
+
+# l4t_board RELEASE -> the boards our image for that release is for (for messages).
+l4t_board() {
+    case "$1" in
+        r32.*) echo "Jetson Nano" ;;
+        r36.*) echo "Jetson Orin" ;;
+        *) echo "Jetson" ;;
+    esac
+}
+
+# l4t_build_target RELEASE -> the docker/build.sh argument that builds the image for it (nano|orin).
+l4t_build_target() {
+    case "$1" in
+        r32.*) echo "nano" ;;
+        r36.*) echo "orin" ;;
+        *) return 1 ;;
+    esac
+}
+
+# image_release IMAGE -> "r32.7.1" from a tag ending in -l4t-r32.7.1 (a registry prefix is fine);
+# returns 1 when the tag does not say.
+image_release() {
+    local release
+    release=$(echo "$1" | sed -n 's/.*-l4t-\(r[0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*\)$/\1/p')
+    [ -n "$release" ] || return 1
+    echo "$release"
+}
+
+# l4t_images_line -> "JetPack 4.6.1 (L4T r32.7.1, Jetson Nano) and JetPack 6.1 (L4T r36.4.0, Jetson Orin)"
+l4t_images_line() {
+    local release line=""
+    for release in $RETINA_EDGE_L4T_IMAGES; do
+        [ -z "$line" ] || line="$line and "
+        line="$line$(l4t_jetpack "$release") (L4T $release, $(l4t_board "$release"))"
+    done
+    echo "$line"
+}
