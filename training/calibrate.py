@@ -90,7 +90,8 @@ def describe(split, f, record=None):
             t["fitted"], _pct(t["before"]["ece"]), _pct(t["after"]["ece"]), t["before"]["nll"], t["after"]["nll"]))
         lines.append("offsets {} ({})".format(record["decision"]["offsets"], record["decision"]["objective"]))
     else:
-        lines.append("{}: ECE {}, NLL {:.4f} at the fitted temperature".format(split, _pct(f["ece"]), f["nll"]))
+        lines.append("{}: ECE {} -> {}, NLL {:.4f} -> {:.4f} at the fitted temperature".format(
+            split, _pct(f["uncalibrated"]["ece"]), _pct(f["ece"]), f["uncalibrated"]["nll"], f["nll"]))
     a, r = f["argmax"], f["rule"]
     lines.append("{} ({} images): accuracy {} -> {} at the rule, balanced {} -> {}, recall {}".format(
         split, f["images"], _pct(a["accuracy"]), _pct(r["accuracy"]), _pct(a["balanced_accuracy"]),

@@ -164,6 +164,7 @@ def score(logits, targets, rule):
     targets = np.asarray(targets)
     probs = softmax(logits, rule.temperature)
     figures = {"images": int(len(targets)), "ece": ece(probs, targets), "nll": nll(logits, targets, rule.temperature),
+               "uncalibrated": {"temperature": 1.0, "ece": ece(softmax(logits), targets), "nll": nll(logits, targets)},
                "argmax": class_report(probs.argmax(axis=1), targets, rule.labels),
                "rule": class_report(rule.decide(logits), targets, rule.labels)}
     refer = rule.refers(probs)

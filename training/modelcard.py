@@ -39,8 +39,10 @@ def render(manifest):
         report = m.get(split)
         if not report:
             continue
-        lines += ["**{} split** (group-wise held out, n = {}): accuracy {}, balanced accuracy {}.".format(
-            split, report["n"], _pct(report["accuracy"]), _pct(report["balanced_accuracy"])), "",
+        lines += ["**{} split** (group-wise held out, n = {}): accuracy {}, balanced accuracy {}{}.".format(
+            split, report["n"], _pct(report["accuracy"]), _pct(report["balanced_accuracy"]),
+            " (the network's argmax; the printed label follows the decision rule below)"
+            if manifest["postprocess"].get("decision") else ""), "",
             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for lab, r in report["per_class"].items():
             lines.append("| {} | {} | {} | {:.3f} | {} |".format(lab, _pct(r["precision"]), _pct(r["recall"]),
@@ -98,8 +100,8 @@ def _rule_row(split, f):
     refer = "{} ({} of {} missed) / {} ({} not referable)".format(
         _pct(ref["sensitivity"]), ref["missed"], ref["referable"], _pct(ref["specificity"]),
         ref["not_referable"]) if ref else "-"
-    return "| {} ({}) | {} | {} -> {} | {} -> {} | {} | {} |".format(
-        split, f["images"], _pct(f["ece"]), _pct(a["accuracy"]), _pct(r["accuracy"]), _pct(a["balanced_accuracy"]),
+    return "| {} ({}) | {} -> {} | {} -> {} | {} -> {} | {} | {} |".format(
+        split, f["images"], _pct(f["uncalibrated"]["ece"]), _pct(f["ece"]), _pct(a["accuracy"]), _pct(r["accuracy"]), _pct(a["balanced_accuracy"]),
         _pct(r["balanced_accuracy"]), recall, refer)
 
 
@@ -129,7 +131,7 @@ def _calibration(manifest):
                                                       + [c["val"]["referral"]["disease_label_not_referred"],
                                                          c["val"]["referral"]["negative_label_referred"]])),
              "",
-             "| split | ECE | accuracy (argmax -> rule) | balanced accuracy | recall per class | referral sensitivity / "
+             "| split | ECE (T = 1 -> T) | accuracy (argmax -> rule) | balanced accuracy | recall per class | referral sensitivity / "
              "specificity |", "|---|---|---|---|---|---|"]
     lines.append(_rule_row("val", c["val"]))
     if c.get("test"):
