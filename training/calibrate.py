@@ -32,7 +32,7 @@ DEFAULT_LIFT = "glaucoma"
 DEFAULT_SENSITIVITY = 0.95
 
 
-def split_logits(bundle, samples, split, cache_dir, log):
+def split_images(bundle, samples, split, cache_dir, log):
     chosen = [s for s in samples if s.split == split]
     if not chosen:
         raise ValueError("the split has no {} images (calibration is fitted on val)".format(split))
@@ -40,9 +40,30 @@ def split_logits(bundle, samples, split, cache_dir, log):
     if unknown:
         raise ValueError("{} split has labels the bundle does not know: {}".format(split, unknown))
     images = datalib.prepare_images(chosen, bundle.preprocess, cache_dir, log)
-    logits = logits_of(bundle.onnx_path, "fp32", images, bundle.preprocess, bundle.input_name,
-                       bundle.output_names[0])
-    return logits, np.array([bundle.labels.index(s.label) for s in chosen])
+    return images, np.array([bundle.labels.index(s.label) for s in chosen])
+
+
+def network(bundle, precision, images):
+    return logits_of(bundle.model_path(precision), precision, images, bundle.preprocess, bundle.input_name,
+                     bundle.output_names[0])
+
+
+def variant_agreement(bundle, rule, images, reference, split):
+    """How often each precision variant gives fp32's label at the rule, and its referral: the rule moves the
+    decision boundary, so its agreement can differ from the variants' recorded argmax agreement."""
+    found = {}
+    probs = rule.probabilities(reference)
+    for precision in sorted(bundle.variants):
+        logits = network(bundle, precision, images)
+        same_label = rule.decide(logits) == rule.decide(reference)
+        entry = {"split": split, "images": int(len(images)), "rule_label_agreement": float(same_label.mean()),
+                 "rule_label_disagreements": int((~same_label).sum()),
+                 "argmax_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
+        refers = rule.refers(rule.probabilities(logits))
+        if refers is not None:
+            entry["refer_disagreements"] = int(np.sum(refers != rule.refers(probs)))
+        found[precision] = entry
+    return found
 
 
 def _classes(labels, names, option):
@@ -139,16 +160,25 @@ def calibrate_bundle(bundle_dir, data, report_test=False, cache_dir=None, log=pr
     if not 0 < sensitivity < 1:
         raise ValueError("--sensitivity must be between 0 and 1, not {}".format(sensitivity))
     samples = data if isinstance(data, list) else bundle_samples(bundle, data)
-    logits, targets = split_logits(bundle, samples, "val", cache_dir, log)
+    images, targets = split_images(bundle, samples, "val", cache_dir, log)
+    logits = network(bundle, "fp32", images)
     rule, record = choose(logits, targets, labels, negative, lift or None, sensitivity, log)
     record = dict({"command": command, "split": "val", "images": int(len(targets)),
                    "split_sha256": datalib.split_sha256(samples), "previous_temperature": bundle.temperature,
                    "model": "fp32 model.onnx", "preprocessing": "edge.preprocess with the bundle's rule",
                    "runtime": "onnxruntime {} CPU".format(ort.__version__)}, **record)
+    record["variants"] = variant_agreement(bundle, rule, images, logits, "val")
     if report_test:
-        test_logits, test_targets = split_logits(bundle, samples, "test", cache_dir, log)
+        test_images, test_targets = split_images(bundle, samples, "test", cache_dir, log)
+        test_logits = network(bundle, "fp32", test_images)
         record["test"] = cal.score(test_logits, test_targets, rule)
         log(describe("test", record["test"]))
+        record["variants_test"] = variant_agreement(bundle, rule, test_images, test_logits, "test")
+    for key in ("variants", "variants_test"):
+        for precision, a in sorted(record.get(key, {}).items()):
+            log("{} on {} at the rule: label agrees with fp32 on {} ({} differ; argmax {}), referral differs on "
+                "{}".format(precision, a["split"], _pct(a["rule_label_agreement"]), a["rule_label_disagreements"],
+                            _pct(a["argmax_agreement"]), a.get("refer_disagreements", "-")))
     bundle = write_postprocess(bundle_dir, postprocess_section(bundle, rule, negative, record))
     modelcard.write(bundle_dir, bundle.manifest)
     return bundle

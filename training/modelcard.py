@@ -136,6 +136,13 @@ def _calibration(manifest):
     lines.append(_rule_row("val", c["val"]))
     if c.get("test"):
         lines.append(_rule_row("test, once", c["test"]))
+    agreement = ["{} on {}: label at the rule agrees with fp32 on {} ({} differ; argmax agreement {}), referral "
+                 "differs on {}".format(p, a["split"], _pct(a["rule_label_agreement"]), a["rule_label_disagreements"],
+                                        _pct(a["argmax_agreement"]), a.get("refer_disagreements", "-"))
+                 for key in ("variants", "variants_test") for p, a in sorted(c.get(key, {}).items())]
+    if agreement:
+        lines += ["", "Precision variants at the rule (the offsets move the decision boundary, so a variant can "
+                      "agree less often than its argmax agreement above): " + "; ".join(agreement) + "."]
     return lines + ["", "Calibrated with: `{}`".format(c.get("command") or "retina-train calibrate"), ""]
 
 

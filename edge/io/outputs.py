@@ -95,13 +95,16 @@ class CsvOutput(Output):
         with io.open(self.path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
         if header != self.header:
-            lacks = [c for c in self.header if c not in (header or [])]
-            extra = [c for c in (header or []) if c not in self.header]
-            differ = "; ".join(part for part in (
-                "lacks " + ", ".join(lacks) if lacks else "", "has " + ", ".join(extra) if extra else "") if part)
+            header = header or []
+            differ = []
+            lacks, extra = [c for c in self.header if c not in header], [c for c in header if c not in self.header]
+            if lacks:
+                differ.append("lacks " + ", ".join(lacks))
+            if extra:
+                differ.append("has " + ", ".join(extra))
             raise OutputError("{}: exists with other columns ({}), written by another bundle or an older retina-edge; "
                               "appending would misalign the rows: give a new results file or move this one "
-                              "away".format(self.path, differ or "in another order"))
+                              "away".format(self.path, "; ".join(differ) or "in another order"))
         return header
 
     def write(self, frame, r):

@@ -19,7 +19,7 @@ from edge.pipeline import Pipeline  # noqa: E402
 from edge.postprocess import Rule, softmax  # noqa: E402
 from edge.preprocess import normalize, prepare  # noqa: E402
 from edge.io.decode import read_image  # noqa: E402
-from models.bundle import load_bundle, write_bundle  # noqa: E402
+from models.bundle import load_bundle, write_bundle, write_variants  # noqa: E402
 from training import calibration as cal  # noqa: E402
 
 pytestmark = pytest.mark.torch  # tests that import training/ are workstation tests (pytest.ini)
@@ -115,6 +115,13 @@ def colour_centroid_model(features, targets, sharpness):
     return model.SerializeToString()
 
 
+def _train_features(rows, bundle_or_manifest):
+    spec = getattr(bundle_or_manifest, "preprocess", None) or bundle_or_manifest["preprocess"]
+    train = [r for r in rows if r[3] == "train"]
+    images = np.stack([prepare(read_image(r[0]), spec) for r in train])
+    return normalize(images, spec).mean(axis=(2, 3)), np.array([LABELS.index(r[1]) for r in train])
+
+
 @pytest.fixture
 def colour_bundle(tmp_path, fundus_dir, make_manifest):
     """A bundle around a colour classifier fitted on real images, and its split CSV (train/val/test)."""
@@ -128,18 +135,26 @@ def colour_bundle(tmp_path, fundus_dir, make_manifest):
     with open(split_csv, "w", newline="") as f:
         csv.writer(f).writerows([("path", "label", "group", "split")] + rows)
     manifest = make_manifest()
-    spec = manifest["preprocess"]
-    train = [r for r in rows if r[3] == "train"]
-    images = np.stack([prepare(read_image(r[0]), spec) for r in train])
-    features = normalize(images, spec).mean(axis=(2, 3))
-    targets = np.array([LABELS.index(r[1]) for r in train])
+    features, targets = _train_features(rows, manifest)
     bundle = write_bundle(str(tmp_path / "bundle"), colour_centroid_model(features, targets, 4.0), manifest)
     return bundle, split_csv, rows
+
+
+def _screen(bundle, paths, folder, precision="fp32"):
+    collect = Collect()
+    Pipeline(bundle, create_backend("onnxruntime", bundle, precision=precision), [collect]).run(
+        ImageFiles(parse_input(folder), paths=paths))
+    assert [r.status for r in collect.results] == ["ok"] * len(paths)
+    return collect.results
 
 
 def test_calibrate_verb_end_to_end_and_the_device_reproduces_its_val_figures(colour_bundle, tmp_path,
                                                                               subprocess_env):
     bundle, split_csv, rows = colour_bundle
+    # a stand-in "variant": the same classifier with sharper logits has fp32's argmax everywhere, but
+    # offsets on calibrated logits can move its labels: the verb records the agreement at the rule
+    sharper = colour_centroid_model(*_train_features(rows, bundle), sharpness=12.0)
+    write_variants(bundle.root, {"fp16": (sharper, {"kind": "fp16"})})
     proc = subprocess.Popen([sys.executable, "-m", "training", "calibrate", "--bundle", bundle.root, "--data",
                              split_csv, "--report-test", "--cache-dir", ""], cwd=REPO_ROOT, env=subprocess_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -161,11 +176,12 @@ def test_calibrate_verb_end_to_end_and_the_device_reproduces_its_val_figures(col
     assert "Calibration and decision" in card and "test, once (32)" in card
 
     val = [r for r in rows if r[3] == "val"]
-    collect = Collect()
-    Pipeline(calibrated, create_backend("onnxruntime", calibrated), [collect]).run(
-        ImageFiles(parse_input(str(tmp_path)), paths=[r[0] for r in val]))
-    results = collect.results
-    assert [r.status for r in results] == ["ok"] * len(val)
+    results = _screen(calibrated, [r[0] for r in val], str(tmp_path))
+    variant = _screen(calibrated, [r[0] for r in val], str(tmp_path), "fp16")
+    agreement = record["variants"]["fp16"]
+    assert agreement["argmax_agreement"] == 1.0 and record["variants_test"]["fp16"]["images"] == 32
+    assert agreement["rule_label_disagreements"] == sum(a.label != b.label for a, b in zip(results, variant))
+    assert agreement["refer_disagreements"] == sum(a.refer != b.refer for a, b in zip(results, variant))
     matrix = np.zeros((4, 4), dtype=int)
     for r, row in zip(results, val):
         matrix[LABELS.index(row[1]), LABELS.index(r.label)] += 1
