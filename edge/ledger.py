@@ -13,6 +13,10 @@ DICOM volume; NULL for a single image), so that a watched folder can tell a
 volume screened to its last frame from one cut short by a killed process
 (``screened_files``, ``screened_frames``). A version-2 ledger gains the
 column (NULL in its rows) when it is opened.
+
+Schema version 4 adds ``refer``: 1/0 at the bundle's referral point, NULL when
+the bundle has none or the row is not ok (and in rows written before it). An
+older ledger gains the column, its rows kept, when it is opened.
 """
 import json
 import os
@@ -21,7 +25,7 @@ import time
 
 from edge.records import STATUSES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _RUNS = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -55,7 +59,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     mtime_ns INTEGER,
     frame_index INTEGER,
     modality TEXT,
-    frames INTEGER
+    frames INTEGER,
+    refer INTEGER CHECK (refer IN (0, 1))
 );
 """
 
@@ -70,6 +75,8 @@ _COMPLETE = ("(SUM(frame_index IS NULL) > 0 OR COUNT(*) > 0 AND"
              " COUNT(DISTINCT frame_index) >= MAX(COALESCE(frames, 0)))")
 
 _V1_COLUMNS = "id, run_id, path, status, label, confidence, probs, error, latency_ms, created_at"
+# the columns each version added to results, to add in place when a ledger of an older version is opened
+_ADDED_COLUMNS = {3: ("frames INTEGER",), 4: ("refer INTEGER CHECK (refer IN (0, 1))",)}
 
 
 def _now():
@@ -105,8 +112,10 @@ class Ledger(object):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute(_RUNS)
-            if has_results and version == 2:
-                self.conn.execute("ALTER TABLE results ADD COLUMN frames INTEGER")
+            if has_results and version >= 2:
+                for added in range(version + 1, SCHEMA_VERSION + 1):
+                    for column in _ADDED_COLUMNS.get(added, ()):
+                        self.conn.execute("ALTER TABLE results ADD COLUMN " + column)
             elif has_results:  # version 1: copy rows into the new table, absolute paths kept as they were
                 self.conn.execute(_results_sql("results_v2"))
                 self.conn.execute("INSERT INTO results_v2 ({0}) SELECT {0} FROM results".format(_V1_COLUMNS))
@@ -138,11 +147,12 @@ class Ledger(object):
         try:
             self.conn.execute(
                 "INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at,"
-                " file, size_bytes, mtime_ns, frame_index, modality, frames)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " file, size_bytes, mtime_ns, frame_index, modality, frames, refer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, result.path, result.status, result.label, result.confidence, probs, result.error,
                  result.latency_ms, _now(), meta.get("path"), meta.get("size_bytes"), meta.get("mtime_ns"),
-                 meta.get("index"), meta.get("modality"), meta.get("frames") if "index" in meta else None))
+                 meta.get("index"), meta.get("modality"), meta.get("frames") if "index" in meta else None,
+                 None if result.refer is None else int(bool(result.refer))))
             self.conn.execute("UPDATE runs SET images = images + 1, errors = errors + ? WHERE id = ?",
                               (1 if result.status == "error" else 0, run_id))
             self.conn.execute("COMMIT")

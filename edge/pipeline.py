@@ -193,7 +193,7 @@ class Pipeline(object):
                 t.add(name, ms / n)
             latency_ms = sum(t.times_ms.get(s, 0.0) for s in _LATENCY_STAGES)
             probs = dict((lab, float(p)) for lab, p in zip(c.labels, c.probs))
-            results.append(Result(frame.source_id, "ok", c.label, c.confidence, probs, "", latency_ms))
+            results.append(Result(frame.source_id, "ok", c.label, c.confidence, probs, "", latency_ms, c.refer))
         return results
 
     def infer(self, frame, times):

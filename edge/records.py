@@ -42,7 +42,10 @@ class Frame(object):
 
 class Result(NamedTuple):
     """What became of one frame. ``error`` holds the message for error rows and the
-    reason for skipped and ungradable rows; it is empty for ok rows."""
+    reason for skipped and ungradable rows; it is empty for ok rows. ``probs`` are the
+    calibrated probabilities (the bundle's temperature), ``label`` is the bundle's
+    decision rule's label and ``confidence`` its probability; ``refer`` is True/False at
+    the bundle's referral point, None when the bundle has none (or the row is not ok)."""
     path: str
     status: str
     label: Optional[str] = None
@@ -50,6 +53,7 @@ class Result(NamedTuple):
     probs: Optional[dict] = None  # label -> probability
     error: str = ""
     latency_ms: Optional[float] = None
+    refer: Optional[bool] = None
 
 
 def error_result(path, message):

@@ -11,6 +11,13 @@ model and are listed under ``"variants"``: ``{"int8": {"file":
 "agreement": {...}}, "fp16": {...}}``. Each is validated like the main model;
 bundles without variants are complete bundles.
 
+Optional decision fields (``retina-train calibrate``) sit in ``"postprocess"``
+beside the fitted ``temperature``: ``"decision": {"rule": "logit_offsets",
+"offsets": {class: number}}`` (the label is argmax(logits / T + offset)),
+``"referral": {"negative": [class, ...], "threshold": p}`` (refer when
+1 - P(negative classes) >= p) and ``"calibration"``, the free-form record of
+how they were chosen. Bundles without them label by argmax and give no referral.
+
 Standard library and Python 3.6 only: both ``training`` and ``edge`` import it.
 """
 import hashlib
@@ -160,6 +167,7 @@ def _check_values(m, where):
     if m.get("modality", DEFAULT_MODALITY) not in MODALITIES:
         raise bad("modality", "is {!r}; must be one of {}".format(m.get("modality"), MODALITIES))
     _check_variants(m, bad)
+    _check_decision(m, bad)
 
 
 def _is_sha256(text):
@@ -193,6 +201,50 @@ def _check_variants(m, bad):
         files.add(name)
         if not _is_sha256(entry["sha256"]):
             raise bad(field + ".sha256", "must be 64 hex digits")
+
+
+DECISION_RULES = ("logit_offsets",)
+
+
+def _is_finite(v):
+    return _is_number(v) and v == v and abs(v) != float("inf")
+
+
+def _check_decision(m, bad):
+    """The optional ``postprocess.decision``, ``postprocess.referral`` and ``postprocess.calibration``."""
+    post, labels = m["postprocess"], m["labels"]
+    if "decision" in post:
+        decision = post["decision"]
+        if not isinstance(decision, dict):
+            raise bad("postprocess.decision", "must be an object {rule, offsets}")
+        if decision.get("rule") not in DECISION_RULES:
+            raise bad("postprocess.decision.rule", "is {!r}; must be one of {}".format(decision.get("rule"),
+                                                                                   DECISION_RULES))
+        offsets = decision.get("offsets")
+        if not isinstance(offsets, dict):
+            raise bad("postprocess.decision.offsets", "must be an object of class name -> number")
+        for name, value in sorted(offsets.items()):
+            if name not in labels:
+                raise bad("postprocess.decision.offsets", "names {!r}, not one of the labels {}".format(name, labels))
+            if not _is_finite(value):
+                raise bad("postprocess.decision.offsets." + name, "must be a finite number, not {!r}".format(value))
+    if "referral" in post:
+        referral = post["referral"]
+        if not isinstance(referral, dict):
+            raise bad("postprocess.referral", "must be an object {negative, threshold}")
+        negative = referral.get("negative")
+        if not isinstance(negative, list) or not negative:
+            raise bad("postprocess.referral.negative", "must be a non-empty list of the classes not referred")
+        for name in negative:
+            if name not in labels:
+                raise bad("postprocess.referral.negative", "names {!r}, not one of the labels {}".format(name, labels))
+        if len(set(negative)) >= len(labels):
+            raise bad("postprocess.referral.negative", "lists every label: nothing could be referred")
+        threshold = referral.get("threshold")
+        if not _is_finite(threshold) or not 0.0 <= threshold <= 1.0:
+            raise bad("postprocess.referral.threshold", "must be a probability in [0, 1], not {!r}".format(threshold))
+    if "calibration" in post and not isinstance(post["calibration"], dict):
+        raise bad("postprocess.calibration", "must be an object (the record of how the fields were chosen)")
 
 
 class Bundle(object):
@@ -254,6 +306,18 @@ class Bundle(object):
     @property
     def temperature(self):
         return float(self.manifest["postprocess"]["temperature"])
+
+    @property
+    def decision_offsets(self):
+        """class -> additive offset on the calibrated logits, or None (label = argmax)."""
+        decision = self.manifest["postprocess"].get("decision")
+        return dict(decision["offsets"]) if decision else None
+
+    @property
+    def referral(self):
+        """The referral operating point {negative, threshold, ...}, or None (no refer value)."""
+        referral = self.manifest["postprocess"].get("referral")
+        return dict(referral) if referral else None
 
     def __repr__(self):
         return "Bundle({!r}, name={!r}, labels={})".format(self.root, self.manifest["name"], self.labels)
@@ -340,6 +404,20 @@ def write_variants(root, variants):
     validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
     for precision, (data, _) in sorted(variants.items()):
         _write_atomically(os.path.join(root, listed[precision]["file"]), data)
+    _write_manifest(root, manifest)
+    return load_bundle(root)
+
+
+def write_postprocess(root, postprocess):
+    """Replace the bundle's ``postprocess`` section (temperature, decision, referral, calibration record).
+
+    The models are verified first and left untouched; the new manifest is
+    validated before it is written, atomically.
+    """
+    bundle = load_bundle(root)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["postprocess"] = json.loads(json.dumps(postprocess))
+    validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
     _write_manifest(root, manifest)
     return load_bundle(root)
 

@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, evaluate, export, quantize. A thin CLI over training.recipe."""
+"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate. A thin CLI over training.recipe."""
 import sys
 
 from edge.cliutil import Parser
@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   retina-train evaluate --checkpoint runs/student --split test
   retina-train export  --checkpoint runs/student --out models/default
   retina-train quantize --bundle models/default --data ../shared/data/fundus4
+  retina-train calibrate --bundle models/default --data ../shared/data/fundus4
 """
 
 
@@ -95,6 +96,10 @@ def build_parser():
     p = verb("quantize", "add INT8 Q/DQ and FP16 variants to a bundle, measured against fp32 on the val split")
     from training.quantize import add_arguments  # light: numpy and onnxruntime at most
     add_arguments(p)
+
+    p = verb("calibrate", "fit the temperature, a class decision rule and the referral threshold on the val split")
+    from training import calibrate
+    calibrate.add_arguments(p)
     return parser
 
 
@@ -115,6 +120,10 @@ def run(args):
     if args.verb == "quantize":  # needs no torch unless it fine-tunes
         from training import quantize
         quantize.main(args)
+        return 0
+    if args.verb == "calibrate":  # no torch: numpy and onnxruntime
+        from training import calibrate
+        calibrate.main(args)
         return 0
     from training import recipe
     if args.verb == "split":

@@ -39,8 +39,10 @@ def render(manifest):
         report = m.get(split)
         if not report:
             continue
-        lines += ["**{} split** (group-wise held out, n = {}): accuracy {}, balanced accuracy {}.".format(
-            split, report["n"], _pct(report["accuracy"]), _pct(report["balanced_accuracy"])), "",
+        lines += ["**{} split** (group-wise held out, n = {}): accuracy {}, balanced accuracy {}{}.".format(
+            split, report["n"], _pct(report["accuracy"]), _pct(report["balanced_accuracy"]),
+            " (the network's argmax; the printed label follows the decision rule below)"
+            if manifest["postprocess"].get("decision") else ""), "",
             "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for lab, r in report["per_class"].items():
             lines.append("| {} | {} | {} | {:.3f} | {} |".format(lab, _pct(r["precision"]), _pct(r["recall"]),
@@ -51,6 +53,7 @@ def render(manifest):
         lines += ["ONNX Runtime vs PyTorch on {} real images: max |delta logit| = {:.2g} ({}).".format(
             parity["images"], parity["max_abs_logit_diff"], parity["runtime"]), ""]
     lines += _variants(manifest.get("variants", {}))
+    lines += _calibration(manifest)
     lines += ["**Known limits.** Most cataract and glaucoma images in this source are 256x256 augmented copies "
               "while diabetic retinopathy and normal images are 400x400; every image is cropped to the disc "
               "and resized identically, and splits keep patients and source images whole, but a source "
@@ -89,6 +92,58 @@ def _variants(variants):
     commands = sorted(set(e["command"] for e in variants.values() if e.get("command")))
     lines += ["", "Variants made with: " + "; ".join("`{}`".format(c) for c in commands)] if commands else []
     return lines + [""]
+
+
+def _rule_row(split, f):
+    a, r, ref = f["argmax"], f["rule"], f.get("referral")
+    recall = ", ".join("{} {} -> {}".format(k, _pct(a["recall"][k]), _pct(v)) for k, v in r["recall"].items())
+    refer = "{} ({} of {} missed) / {} ({} not referable)".format(
+        _pct(ref["sensitivity"]), ref["missed"], ref["referable"], _pct(ref["specificity"]),
+        ref["not_referable"]) if ref else "-"
+    return "| {} ({}) | {} -> {} | {} -> {} | {} -> {} | {} | {} |".format(
+        split, f["images"], _pct(f["uncalibrated"]["ece"]), _pct(f["ece"]), _pct(a["accuracy"]), _pct(r["accuracy"]), _pct(a["balanced_accuracy"]),
+        _pct(r["balanced_accuracy"]), recall, refer)
+
+
+def _calibration(manifest):
+    post = manifest["postprocess"]
+    c = post.get("calibration")
+    if not c:
+        return []
+    t, d, ref = c["temperature"], c["decision"], post.get("referral", {})
+    boot = c["referral"]["bootstrap"]
+    offsets = ", ".join("{} {:+.2f}".format(k, v) for k, v in sorted(d["offsets"].items()) if v)
+    lines = ["**Calibration and decision** (chosen on the val split, {} images; the test split chose nothing):".format(
+                 c["images"]), "",
+             "- Temperature {:.4f} (minimises val NLL): val ECE (top-1, 15 bins) {} -> {}, NLL {:.4f} -> {:.4f}; "
+             "the probabilities every output shows are these calibrated ones.".format(
+                 t["fitted"], _pct(t["before"]["ece"]), _pct(t["after"]["ece"]), t["before"]["nll"],
+                 t["after"]["nll"]),
+             "- Decision rule: the printed label is argmax(logits / T + offset) with offsets {} (others 0), "
+             "from a grid search: {}.".format(offsets or "none", d["objective"]),
+             "- Referral: refer when P(refer) = {} (calibrated) >= {:.4f}, chosen as the largest threshold with val "
+             "sensitivity >= {:.0%}; it rests on {} referable val images (bootstrap 95 % at this threshold: "
+             "sensitivity {}-{}, specificity {}-{}): the true sensitivity may be lower, confirm it on your own "
+             "data. The label and the referral are separate operating points: on val {} image(s) got a disease "
+             "label below the referral threshold and {} a normal label above it.".format(
+                 ref.get("score"), ref.get("threshold", 0), c["referral"]["target_sensitivity"],
+                 c["referral"]["referable_images"], *([_pct(x) for x in boot["sensitivity_95"] + boot["specificity_95"]]
+                                                      + [c["val"]["referral"]["disease_label_not_referred"],
+                                                         c["val"]["referral"]["negative_label_referred"]])),
+             "",
+             "| split | ECE (T = 1 -> T) | accuracy (argmax -> rule) | balanced accuracy | recall per class | referral sensitivity / "
+             "specificity |", "|---|---|---|---|---|---|"]
+    lines.append(_rule_row("val", c["val"]))
+    if c.get("test"):
+        lines.append(_rule_row("test, once", c["test"]))
+    agreement = ["{} on {}: label at the rule agrees with fp32 on {} ({} differ; argmax agreement {}), referral "
+                 "differs on {}".format(p, a["split"], _pct(a["rule_label_agreement"]), a["rule_label_disagreements"],
+                                        _pct(a["argmax_agreement"]), a.get("refer_disagreements", "-"))
+                 for key in ("variants", "variants_test") for p, a in sorted(c.get(key, {}).items())]
+    if agreement:
+        lines += ["", "Precision variants at the rule (the offsets move the decision boundary, so a variant can "
+                      "agree less often than its argmax agreement above): " + "; ".join(agreement) + "."]
+    return lines + ["", "Calibrated with: `{}`".format(c.get("command") or "retina-train calibrate"), ""]
 
 
 def write(bundle_dir, manifest):

@@ -62,18 +62,24 @@ def _fmt(value, spec):
     return "" if value is None else spec.format(value)
 
 
-class CsvOutput(Output):
-    """One row per frame: path, label, confidence, p_<class>..., status, error, latency_ms, modality.
+def _yes_no(flag):
+    return "" if flag is None else ("yes" if flag else "no")
 
-    Appends to an existing file with the same columns (runs accumulate, as in the
-    ledger); a file with other columns is refused rather than mixed. Each row is
-    flushed as it is written.
+
+class CsvOutput(Output):
+    """One row per frame: path, label, confidence, refer, p_<class>..., status, error, latency_ms, modality.
+
+    ``refer`` is yes/no at the bundle's referral point, empty when the bundle has
+    none or the row is not ok. Appends to an existing file with the same columns
+    (runs accumulate, as in the ledger); a file with other columns (another
+    bundle's classes, or an older retina-edge's columns) is refused rather than
+    mixed. Each row is flushed as it is written.
     """
 
     def __init__(self, uri, labels, options=None):
         super(CsvOutput, self).__init__(uri, labels, options)
         self.path = uri.path
-        self.header = (["path", "label", "confidence"] + ["p_" + l for l in self.labels]
+        self.header = (["path", "label", "confidence", "refer"] + ["p_" + l for l in self.labels]
                        + ["status", "error", "latency_ms", "modality"])
         existing = self._existing_header()
         _ensure_parent(self.path)
@@ -89,13 +95,21 @@ class CsvOutput(Output):
         with io.open(self.path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
         if header != self.header:
-            raise OutputError("{}: exists with other columns ({}); give a new file or move it away".format(
-                self.path, ",".join(header or [])))
+            header = header or []
+            differ = []
+            lacks, extra = [c for c in self.header if c not in header], [c for c in header if c not in self.header]
+            if lacks:
+                differ.append("lacks " + ", ".join(lacks))
+            if extra:
+                differ.append("has " + ", ".join(extra))
+            raise OutputError("{}: exists with other columns ({}), written by another bundle or an older retina-edge; "
+                              "appending would misalign the rows: give a new results file or move this one "
+                              "away".format(self.path, "; ".join(differ) or "in another order"))
         return header
 
     def write(self, frame, r):
         probs = [_fmt(r.probs.get(l) if r.probs else None, "{:.6f}") for l in self.labels]
-        self.writer.writerow([r.path, r.label or "", _fmt(r.confidence, "{:.6f}")] + probs
+        self.writer.writerow([r.path, r.label or "", _fmt(r.confidence, "{:.6f}"), _yes_no(r.refer)] + probs
                              + [r.status, r.error, _fmt(r.latency_ms, "{:.3f}"), frame.meta.get("modality", "")])
         self.file.flush()
 
@@ -130,6 +144,9 @@ class NullOutput(Output):
 class ConsoleOutput(object):
     """One line per frame on the console (--quiet keeps only the problems), one per DICOM volume.
 
+    An ok line shows the label, its calibrated probability and, when the bundle
+    has a referral point, ``REFER`` for a frame to refer (a blank column otherwise).
+
     Paths under the working folder are shown relative to it; files and the
     ledger keep them absolute. A multi-frame volume (an OCT scan) gets a
     summary line after its last frame (``edge.io.volumes.VolumeTally``) in
@@ -149,7 +166,8 @@ class ConsoleOutput(object):
         line = None
         if r.status == "ok":
             if not self.errors_only:
-                line = "ok     {:<22} {:6.1%}  {}".format(r.label, r.confidence, self.short(r.path))
+                marker = "" if r.refer is None else ("REFER  " if r.refer else " " * 7)
+                line = "ok     {:<22} {:6.1%}  {}{}".format(r.label, r.confidence, marker, self.short(r.path))
         elif r.status == "error":
             line = "error  {}".format(self.short(r.error))
             if frame.meta.get("quarantined_to"):

@@ -69,16 +69,34 @@ def test_samples_are_held_out_images():
             assert "{}/{}".format(label, name) in held_out
 
 
-def test_device_reproduces_the_recorded_held_out_accuracy(bundle, fundus_dir):
+def test_device_reproduces_the_recorded_held_out_figures_at_the_decision_rule(bundle, fundus_dir):
+    """The test split through edge/ at the bundle's temperature, decision rule and referral point gives
+    what `retina-train calibrate --report-test` recorded (the rule's figures, not the argmax ones)."""
+    recorded = bundle.manifest["postprocess"]["calibration"]["test"]
     rows = split_rows("test")
     source = ImageFiles(parse_input(fundus_dir), paths=[os.path.join(fundus_dir, r["path"]) for r in rows])
     collect = Collect()
     Pipeline(bundle, create_backend("onnxruntime", bundle), [collect]).run(source)
     results = collect.results
-    assert [r.status for r in results] == ["ok"] * len(rows)
+    assert [r.status for r in results] == ["ok"] * len(rows) and recorded["images"] == len(rows)
     correct = sum(r.label == row["label"] for r, row in zip(results, rows))
-    recorded = bundle.manifest["metrics"]["test"]["accuracy"] * len(rows)
-    assert abs(correct - recorded) <= 1, (correct, recorded)  # one image of slack for float ties
+    assert abs(correct - recorded["rule"]["accuracy"] * len(rows)) <= 1, correct  # one image of slack for float ties
+    glaucoma = [r.label == "glaucoma" for r, row in zip(results, rows) if row["label"] == "glaucoma"]
+    assert abs(sum(glaucoma) - recorded["rule"]["recall"]["glaucoma"] * len(glaucoma)) <= 1
+    assert all(r.refer is not None for r in results)
+    missed = sum(not r.refer for r, row in zip(results, rows) if row["label"] != "normal")
+    assert abs(missed - recorded["referral"]["missed"]) <= 1
+
+
+def test_shipped_decision_was_chosen_on_val_and_keeps_the_argmax_figures_beside_it(bundle):
+    post = bundle.manifest["postprocess"]
+    record = post["calibration"]
+    assert record["split"] == "val" and record["images"] == bundle.manifest["metrics"]["val"]["n"]
+    assert record["split_sha256"] == bundle.manifest["provenance"]["data"]["split_sha256"]
+    assert record["command"].startswith("retina-train calibrate --bundle models/default")
+    assert post["referral"]["val"]["sensitivity"] >= 0.95
+    # the argmax figures the training run measured are what the rule's record starts from
+    assert record["test"]["argmax"]["accuracy"] == pytest.approx(bundle.manifest["metrics"]["test"]["accuracy"])
 
 
 def test_demo_command_screens_the_samples_with_the_default(tmp_path, subprocess_env):

@@ -1,4 +1,4 @@
-"""edge/ledger.py: schema version 3, the new statuses, file identity per row, migrating older ledgers, and the
+"""edge/ledger.py: schema version 4, the new statuses, file identity per row, migrating older ledgers, and the
 queries a watched folder asks (which files and frames are screened)."""
 import json
 import sqlite3
@@ -45,7 +45,7 @@ def test_every_status_and_the_frame_identity_are_stored(tmp_path, tiny_bundle):
     ledger.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         rows = conn.execute("SELECT path, status, file, size_bytes, mtime_ns, frame_index, modality FROM results"
                             " ORDER BY id").fetchall()
         assert rows[0] == ("/data/a.dcm#3", "skipped", "/data/a.dcm", 1234, 1700000000123456789, 3, "oct")
@@ -71,7 +71,7 @@ def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path, tiny_bundle):
 
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         rows = conn.execute("SELECT id, run_id, path, status, label, probs, error, file FROM results ORDER BY id"
                             ).fetchall()
         assert rows[:2] == [(1, 1, "scans/a.jpg", "ok", "normal", '{"normal": 0.9}', "", None),
@@ -121,12 +121,60 @@ def test_a_version_2_ledger_gains_the_frame_count_and_its_volume_rows_count_as_s
     ledger = Ledger(path)
     try:
         columns = [r[1] for r in ledger.conn.execute("PRAGMA table_info(results)")]
-        assert columns[-1] == "frames"
-        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert columns[-2:] == ["frames", "refer"]
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
         # no frame count was recorded before version 3: such a volume is taken as complete, not redone
         assert ledger.is_screened("/w/v.dcm", 10, 20)
     finally:
         ledger.close()
+
+
+# The version-3 results table as ledger.py wrote it before the referral column (commit 8e5f3bf).
+V3_RESULTS = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, finished_at TEXT, source TEXT NOT NULL,
+    bundle_name TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, backend TEXT NOT NULL,
+    images INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, summary TEXT);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs(id), path TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'skipped', 'ungradable')), label TEXT,
+    confidence REAL, probs TEXT, error TEXT NOT NULL DEFAULT '', latency_ms REAL, created_at TEXT NOT NULL,
+    file TEXT, size_bytes INTEGER, mtime_ns INTEGER, frame_index INTEGER, modality TEXT, frames INTEGER);
+CREATE INDEX results_run ON results(run_id);
+CREATE INDEX results_file ON results(file, size_bytes, mtime_ns);
+INSERT INTO runs (started_at, source, bundle_name, bundle_sha256, backend, images)
+    VALUES ('t', '/w', 'b', 'abc', 'ort', 2);
+INSERT INTO results (run_id, path, status, label, confidence, probs, created_at, file, size_bytes, mtime_ns)
+    VALUES (1, '/w/a.jpg', 'ok', 'glaucoma', 0.7, '{"glaucoma": 0.7}', 't', '/w/a.jpg', 10, 20);
+INSERT INTO results (run_id, path, status, created_at, file, size_bytes, mtime_ns, frame_index, frames)
+    VALUES (1, '/w/v.dcm#0', 'skipped', 't', '/w/v.dcm', 30, 40, 0, 1);
+PRAGMA user_version = 3;
+"""
+
+
+def test_a_version_3_ledger_gains_the_refer_column_keeping_its_rows(tmp_path, tiny_bundle):
+    path = str(tmp_path / "v3.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V3_RESULTS)
+    conn.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert ledger.is_screened("/w/a.jpg", 10, 20) and ledger.is_screened("/w/v.dcm", 30, 40)
+        run = ledger.start_run("/w", tiny_bundle, "ort")
+        ledger.add_result(run, Result("/w/b.jpg", "ok", "glaucoma", 0.6, {"glaucoma": 0.6}, "", 1.0, True))
+        ledger.add_result(run, Result("/w/c.jpg", "ok", "normal", 0.9, {"normal": 0.9}, "", 1.0, False))
+        ledger.add_result(run, Result("/w/d.jpg", "ok", "normal", 0.9, {"normal": 0.9}, "", 1.0))
+        rows = ledger.conn.execute("SELECT path, status, label, probs, frames, refer FROM results ORDER BY id"
+                                   ).fetchall()
+    finally:
+        ledger.close()
+    assert rows == [("/w/a.jpg", "ok", "glaucoma", '{"glaucoma": 0.7}', None, None),
+                    ("/w/v.dcm#0", "skipped", None, None, 1, None),
+                    ("/w/b.jpg", "ok", "glaucoma", '{"glaucoma": 0.6}', None, 1),
+                    ("/w/c.jpg", "ok", "normal", '{"normal": 0.9}', None, 0),
+                    ("/w/d.jpg", "ok", "normal", '{"normal": 0.9}', None, None)]
+    Ledger(path).close()  # opening again is a no-op
 
 
 def add(ledger, run, path, size, mtime, index=None, frames=None, status="ok"):
