@@ -43,6 +43,7 @@ class RunStats(object):
 
     def __init__(self):
         self.counts = Counter(dict((s, 0) for s in STATUSES))
+        self.referred = 0  # ok results with refer True (the bundle's referral point)
         self.interrupted = False
 
     @property
@@ -51,10 +52,12 @@ class RunStats(object):
 
     def add(self, result):
         self.counts[result.status] += 1
+        if getattr(result, "refer", None):
+            self.referred += 1
 
     def as_dict(self):
         out = dict(self.counts)
-        out.update(frames=self.frames, interrupted=self.interrupted)
+        out.update(frames=self.frames, referred=self.referred, interrupted=self.interrupted)
         return out
 
 

@@ -301,8 +301,10 @@ def _duration(seconds):
 
 def _print_report(session, pipeline, signals, report):
     c = pipeline.stats.counts
-    lines = ["", "{} image(s), {} ok, {} error(s){}{}; {}".format(
-        report["frames"], c["ok"], c["error"], ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
+    referred = (", {} to refer".format(report["referred"])
+                if session.bundle is not None and session.bundle.referral is not None else "")
+    lines = ["", "{} image(s), {} ok{}, {} error(s){}{}; {}".format(
+        report["frames"], c["ok"], referred, c["error"], ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
         ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", _rate(session, pipeline, report))]
     if signals.aborted:
         lines.append("aborted by a second Ctrl-C; the results listed above are kept")

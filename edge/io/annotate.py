@@ -54,7 +54,8 @@ def _text(img, text, org, scale, colour, thickness):
 
 def headline(result):
     if result.status == "ok":
-        return "{} {:.1%}".format(result.label, result.confidence)
+        refer = getattr(result, "refer", None)  # None: the bundle has no referral point
+        return "{}{} {:.1%}".format("REFER  " if refer else "", result.label, result.confidence)
     reason = result.error.split(": ")[-1] if result.error else ""
     return "{}: {}".format(result.status, reason)[:80] if reason else result.status
 

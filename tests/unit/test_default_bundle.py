@@ -111,3 +111,6 @@ def test_demo_command_screens_the_samples_with_the_default(tmp_path, subprocess_
     assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
     right = sum(r["label"] == os.path.basename(os.path.dirname(r["path"])) for r in rows)
     assert right >= 9, "the shipped model got {} of 12 samples right".format(right)
+    referred = sum(r["refer"] == "yes" for r in rows)
+    assert all(r["refer"] in ("yes", "no") for r in rows)  # the shipped bundle has a referral point
+    assert "12 image(s), 12 ok, {} to refer, 0 error(s)".format(referred).encode() in out

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import LABELS, write_bad_files
 from edge.io import capture
-from edge.io.annotate import STATUS_COLOURS, AnnotatedImages, annotate, mirrored_name
+from edge.io.annotate import STATUS_COLOURS, AnnotatedImages, annotate, headline, mirrored_name
 from edge.io.outputs import OutputDisabled, OutputError, open_output
 from edge.io.uri import parse_output
 from edge.io.quarantine import Quarantine, move_without_overwriting
@@ -70,6 +70,14 @@ def test_annotate_draws_the_status_banner_the_probabilities_and_the_region(tmp_p
     assert not np.array_equal(ok[-100:, :320], bad[-100:, :320])  # bars only where there are probabilities
     big = annotate(np.zeros((3000, 4000, 3), np.uint8), OK, LABELS, max_side=1024)
     assert big.shape == (768, 1024, 3)
+
+
+def test_the_banner_says_refer_only_where_the_bundle_referred():
+    assert headline(OK) == "glaucoma 80.0%"  # no referral point: nothing said
+    assert headline(OK._replace(refer=True)) == "REFER  glaucoma 80.0%"
+    assert headline(OK._replace(refer=False)) == "glaucoma 80.0%"
+    refer, plain = (annotate(fundus(), OK._replace(refer=r), LABELS) for r in (True, False))
+    assert not np.array_equal(refer[:30], plain[:30])
 
 
 def test_annotated_images_are_written_atomically_mirroring_the_input(tmp_path):
