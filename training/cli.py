@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   retina-train export  --checkpoint runs/student --out models/default
   retina-train quantize --bundle models/default --data ../shared/data/fundus4
   retina-train calibrate --bundle models/default --data ../shared/data/fundus4
+  retina-train report  --bundle models/default --data ../shared/data/fundus4 --split test --out runs/report-test
 """
 
 
@@ -100,6 +101,10 @@ def build_parser():
     p = verb("calibrate", "fit the temperature, a class decision rule and the referral threshold on the val split")
     from training import calibrate
     calibrate.add_arguments(p)
+
+    p = verb("report", "write an evaluation report (Markdown, JSON, PNG plots) for a bundle or a CV predictions file")
+    from training import report
+    report.add_arguments(p)
     return parser
 
 
@@ -124,6 +129,12 @@ def run(args):
     if args.verb == "calibrate":  # no torch: numpy and onnxruntime
         from training import calibrate
         calibrate.main(args)
+        return 0
+    if args.verb == "report":  # no torch: numpy, onnxruntime, matplotlib
+        import shlex
+        from training import report
+        args.command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
+        report.run(args)
         return 0
     from training import recipe
     if args.verb == "split":

@@ -6,7 +6,24 @@ def _pct(x):
     return "{:.1f} %".format(100.0 * x)
 
 
-def render(manifest):
+def find_reports(bundle_dir):
+    """Evaluation reports beside the bundle (`retina-train report --out <bundle>/report[/<split>]`), as paths
+    relative to it."""
+    top = os.path.join(bundle_dir, "report")
+    folders = [top] + ([os.path.join(top, d) for d in sorted(os.listdir(top))] if os.path.isdir(top) else [])
+    return [os.path.relpath(os.path.join(d, "report.md"), bundle_dir).replace(os.sep, "/")
+            for d in folders if os.path.isfile(os.path.join(d, "report.md"))]
+
+
+def _report_links(reports):
+    if not reports:
+        return []
+    return ["**Evaluation report** (per-class figures with bootstrap intervals, confusion matrix, ROC-AUC, "
+            "reliability, referral, per-source breakdown, cost): " + ", ".join(
+                "[{}]({})".format(r.split("/")[-2], r) for r in reports) + ".", ""]
+
+
+def render(manifest, reports=()):
     m, prov = manifest["metrics"], manifest["provenance"]
     data = prov["data"]
     lines = [
@@ -54,6 +71,7 @@ def render(manifest):
             parity["images"], parity["max_abs_logit_diff"], parity["runtime"]), ""]
     lines += _variants(manifest.get("variants", {}))
     lines += _calibration(manifest)
+    lines += _report_links(reports)
     lines += ["**Known limits.** Most cataract and glaucoma images in this source are 256x256 augmented copies "
               "while diabetic retinopathy and normal images are 400x400; every image is cropped to the disc "
               "and resized identically, and splits keep patients and source images whole, but a source "
@@ -149,5 +167,5 @@ def _calibration(manifest):
 def write(bundle_dir, manifest):
     path = os.path.join(bundle_dir, "MODEL_CARD.md")
     with open(path, "w") as f:
-        f.write(render(manifest))
+        f.write(render(manifest, find_reports(bundle_dir)))
     return path
