@@ -73,8 +73,9 @@ def figures(ev, bootstraps=BOOTSTRAPS, seed=0, breakdown=True, sizes=None):
         label["intervals"] = metrics.classification_intervals(ev.targets, ev.decided, labels, weights)
     out["label"] = label
     argmax = ev.probs.argmax(axis=1)
-    out["argmax"] = {"accuracy": float(np.mean(argmax == ev.targets)),
-                     "balanced_accuracy": metrics.classification_report(ev.targets, argmax, labels)["balanced_accuracy"]}
+    at_argmax = metrics.classification_report(ev.targets, argmax, labels)
+    out["argmax"] = {"accuracy": at_argmax["accuracy"], "balanced_accuracy": at_argmax["balanced_accuracy"],
+                     "recall": dict((l, at_argmax["per_class"][l]["recall"]) for l in labels)}
     out["auc"] = metrics.one_vs_rest_auc(ev.probs, ev.targets, labels)
     out["calibration"] = {"ece": ece(ev.probs, ev.targets), "bins": ECE_BINS,
                           "reliability": metrics.reliability(ev.probs, ev.targets, ECE_BINS)}
@@ -383,20 +384,22 @@ def _inside(path, folder):
 
 
 def add_arguments(p):
-    p.add_argument("--bundle", default=None, help="bundle folder to evaluate (with --data)")
+    p.add_argument("--bundle", default=None,
+                   help="bundle folder to evaluate, with --data (default: none; --bundle or --predictions is required)")
     p.add_argument("--data", default=None, help="image root the bundle's split.csv is relative to "
                                                "(e.g. ../shared/data/fundus4), or the run's split CSV; with "
                                                "--predictions, optional: the image root of its paths, for the "
-                                               "per-image-size figures")
+                                               "per-image-size figures (default: none)")
     p.add_argument("--split", default="val", choices=("val", "test"),
                    help="which split of the bundle's split to report on (default %(default)s)")
     p.add_argument("--predictions", default=None, metavar="CSV",
-                   help="instead of a bundle: a CV predictions file path,label,group,fold,model,p_<class>...")
+                   help="instead of a bundle: a CV predictions file path,label,group,fold,model,p_<class>... (default: none)")
     p.add_argument("--negative", default="normal", metavar="CLASSES",
                    help="with --predictions: classes not referred, for the referral AUC (default %(default)s)")
     p.add_argument("--teacher-predictions", default=None, metavar="CSV",
-                   help="the teacher's predictions (path,p_<class>...) on the same images, for the agreement")
-    p.add_argument("--teacher-model", default=None, metavar="ONNX", help="the teacher's ONNX, for the cost table")
+                   help="the teacher's predictions (path,p_<class>...) on the same images, for the agreement "
+                        "(default: none: 'not available')")
+    p.add_argument("--teacher-model", default=None, metavar="ONNX", help="the teacher's ONNX, for the cost table (default: none: 'not available')")
     p.add_argument("--out", required=True, help="report folder to write (required)")
     p.add_argument("--bootstraps", type=int, default=BOOTSTRAPS, help="bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")

@@ -31,17 +31,31 @@ def _bootstrap_words(f):
     return "Intervals are 95 % percentile bootstrap intervals from {} resamples of the images.".format(b["resamples"])
 
 
-def class_table(f, with_auc=True):
+def class_table(f, argmax=False):
+    """Per class, with the recall at argmax beside the rule's when ``argmax`` (a bundle with a decision rule)."""
     label, inter = f["label"], f["label"].get("intervals", {}).get("per_class", {})
-    lines = ["| class | images | precision (95 % CI) | recall (95 % CI) | F1 (95 % CI) | ROC-AUC |",
-             "|---|---|---|---|---|---|"]
+    extra = " recall at argmax |" if argmax else ""
+    lines = ["| class | images | precision (95 % CI) | recall (95 % CI) | F1 (95 % CI) | ROC-AUC |" + extra,
+             "|---|---|---|---|---|---|" + ("---|" if argmax else "")]
     for l in label["labels"]:
         r, i = label["per_class"][l], inter.get(l, {})
         lines.append("| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} |".format(
             short(l), r["support"], pct(r["precision"]), ci(i.get("precision")), pct(r["recall"]),
-            ci(i.get("recall")), num(r["f1"]), _range(i.get("f1")),
-            num(f["auc"].get(l)) if with_auc else "-"))
+            ci(i.get("recall")), num(r["f1"]), _range(i.get("f1")), num(f["auc"].get(l))) +
+            (" {} |".format(pct(f["argmax"]["recall"][l])) if argmax else ""))
     return lines
+
+
+def source_gaps(f, gap=0.05):
+    """Sentences naming each class whose recall differs by ``gap`` or more between source kinds."""
+    found = []
+    for l in f["label"]["labels"]:
+        seen = [(part["label"]["per_class"][l]["recall"], kind, part["class_counts"][l])
+                for kind, part in f["by_source"].items() if part["class_counts"][l]]
+        if len(seen) > 1 and max(seen)[0] - min(seen)[0] >= gap:
+            found.append("- {} recall differs by source: {}.".format(short(l).capitalize(), ", ".join(
+                "{} on {} images ({})".format(pct(r), kind, n) for r, kind, n in sorted(seen))))
+    return found
 
 
 def _range(pair):
@@ -59,7 +73,23 @@ def weakest(f):
     return ("**Weakest class: {}**, recall {} ({}{}): of its {} images, {} were missed{}.".format(
         short(low), pct(per[low]["recall"]), "95 % CI " if inter else "", ci(inter) if inter else "point estimate",
         per[low]["support"], per[low]["support"] - row[labels.index(low)],
-        " (" + ", ".join("{} called {}".format(n, short(l)) for n, l in wrong) + ")" if wrong else ""))
+        " (" + ", ".join("{} called {}".format(n, short(l)) for n, l in wrong) + ")" if wrong else "")) + \
+        _lowest_precision(f)
+
+
+def _lowest_precision(f):
+    per, labels, matrix = f["label"]["per_class"], f["label"]["labels"], f["label"]["confusion_matrix"]
+    given = [l for l in labels if sum(row[labels.index(l)] for row in matrix)]
+    if not given:
+        return ""
+    low = min(given, key=lambda l: per[l]["precision"])
+    j = labels.index(low)
+    column = [(row[j], labels[i]) for i, row in enumerate(matrix) if i != j and row[j]]
+    inter = f["label"].get("intervals", {}).get("per_class", {}).get(low, {}).get("precision")
+    return (" **Lowest precision: {}**, {}{}: of the {} images labelled {}, {} were another class{}.".format(
+        short(low), pct(per[low]["precision"]), " (95 % CI {})".format(ci(inter)) if inter else "",
+        sum(row[j] for row in matrix), short(low), sum(n for n, _ in column),
+        " (" + ", ".join("{} {}".format(n, short(l)) for n, l in sorted(column, reverse=True)) + ")" if column else ""))
 
 
 def confusion_table(f):
@@ -94,12 +124,12 @@ def bundle_md(r):
     lines = ["# Evaluation report: {} on the {} split".format(r["bundle"]["name"], r["split"]), "",
              "What the device would print on {}: the bundle's fp32 `model.onnx` through ONNX Runtime, with the "
              "device's own preprocessing, temperature ({:.4f}), decision rule (logit offsets {}) and referral "
-             "point. The images are held out from training, group-wise; {}. The val split also chose the "
-             "temperature, the rule and the referral threshold, so val figures flatter the model slightly; the "
-             "test split chose nothing.".format(
+             "point. The images are held out from training, group-wise; {}.".format(
                  where, rule["temperature"], _offsets(rule["offsets"]),
-                 "val chose the calibration" if r["split"] == "val" else "these figures were not used to choose "
-                 "anything"), "",
+                 "the val split also chose the temperature, the rule and the referral threshold, so these figures "
+                 "flatter the model slightly; the test split's do not" if r["split"] == "val" else
+                 "the test split chose nothing (the temperature, the rule and the referral threshold were chosen "
+                 "on val)"), "",
              _bootstrap_words(f), "",
              "## Headline", "",
              "| figure | value | 95 % CI | what it means |", "|---|---|---|---|"]
@@ -128,7 +158,11 @@ def bundle_md(r):
               "for this class): of the images of this class, the share given this label. F1 is their harmonic mean. "
               "ROC-AUC (one class against the rest, from the calibrated probability of that class): the chance that "
               "an image of the class gets a higher probability than one of another class; 1 is perfect, 0.5 is "
-              "chance.", ""] + class_table(f) + ["", "![per class](per_class.png)", "",
+              "chance.{}".format(" The last column is the recall of the most probable class, before the decision "
+                                 "rule's offsets: what the rule traded." if rule["offsets"] and any(
+                                     rule["offsets"].values()) else ""), ""] + \
+        class_table(f, argmax=bool(rule["offsets"] and any(rule["offsets"].values()))) + \
+        ["", "![per class](per_class.png)", "",
               "## Confusion matrix", "",
               "Rows are the true class, columns the label the device prints (after the decision rule). The diagonal "
               "is right; every other cell is a kind of mistake.", ""] + confusion_table(f) + [
@@ -188,6 +222,10 @@ def _breakdown_md(f, labels):
              "NNNN_left/right, `augmented` = _N_XXXXXXX copies, `single` = anything else) and per image size. A "
              "row with one class only says nothing about telling classes apart; small rows are noisy.", ""]
     lines += breakdown_table(f["by_source"], labels, "source kind") + [""]
+    gaps = source_gaps(f)
+    if gaps:
+        lines += ["Where a class does better on one source than another (a hint of the shortcut, or of one source "
+                  "being harder):", ""] + gaps + [""]
     if f.get("by_size"):
         lines += breakdown_table(f["by_size"], labels, "image size") + [""]
     return lines

@@ -71,7 +71,7 @@ def per_class(plt, out_dir, name, label_figures, title, written):
     _save(plt, fig, out_dir, name, written)
 
 
-def roc(plt, out_dir, name, ev, auc, title, written):
+def roc(plt, out_dir, name, ev, auc, title, written, referral=None):
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for k, label in enumerate(ev.labels):
         if auc.get(label) is not None:
@@ -84,6 +84,9 @@ def roc(plt, out_dir, name, ev, auc, title, written):
         if area is not None:
             fpr, tpr = metrics.roc_curve(score, positive)
             ax.plot(fpr, tpr, "k--", label="refer (AUC {:.3f})".format(area))
+    if referral and referral.get("sensitivity") is not None and referral.get("specificity") is not None:
+        ax.plot([1 - referral["specificity"]], [referral["sensitivity"]], "k*", ms=10,
+                label="the bundle's referral point")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
@@ -126,7 +129,7 @@ def bundle_plots(out_dir, ev, record):
     confusion(plt, out_dir, "confusion.png", f["label"]["confusion_matrix"], ev.labels,
               "printed label (the bundle's rule), " + where, written)
     per_class(plt, out_dir, "per_class.png", f["label"], "per class, 95 % bootstrap intervals, " + where, written)
-    roc(plt, out_dir, "roc.png", ev, f["auc"], "one-vs-rest ROC, " + where, written)
+    roc(plt, out_dir, "roc.png", ev, f["auc"], "one-vs-rest ROC, " + where, written, f.get("referral"))
     reliability(plt, out_dir, "reliability.png", f["calibration"], "reliability, " + where, written)
     return {"written": written, "skipped": None}
 

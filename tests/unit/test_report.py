@@ -159,6 +159,22 @@ def test_predictions_file_gives_per_fold_mean_sd_and_kd_gain(tmp_path, subproces
         assert os.path.getsize(os.path.join(out, name)) > 1000
 
 
+def test_predictions_with_an_image_root_break_down_by_image_size(tmp_path, fundus_dir):
+    rows = []
+    for label in LABELS:
+        for i, name in enumerate(sorted(os.listdir(os.path.join(fundus_dir, label)))[:6]):
+            rows.append(one_hot_row(label + "/" + name, label, str(i % 2), "student", label, label + name))
+    path = str(tmp_path / "predictions.csv")
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "group", "fold", "model"] + ["p_" + l for l in LABELS]] + rows)
+    record, _ = report.predictions_report(path, bootstraps=50, data=fundus_dir)
+    pooled = record["cv"]["models"]["student"]["pooled"]
+    assert sum(part["images"] for part in pooled["by_size"].values()) == 24
+    assert all("x" in size for size in pooled["by_size"])
+    with pytest.raises(FileNotFoundError, match="image missing"):
+        report.predictions_report(path, bootstraps=50, data=str(tmp_path))
+
+
 def test_a_bad_predictions_file_names_the_file_and_line(tmp_path):
     path = str(tmp_path / "bad.csv")
     with open(path, "w") as f:
