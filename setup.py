@@ -28,7 +28,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.6",
     packages=find_packages(include=["edge", "edge.*", "models", "models.*", "training", "training.*"]),
-    package_data={"models": ["default/*.json", "default/*.onnx", "default/*.md"]},
+    package_data={"models": ["default/*.json", "default/*.onnx", "default/*.md", "default/report/*/*"]},
     include_package_data=True,
     # TensorRT and pycuda come from JetPack on the device, never from pip.
     install_requires=[],
