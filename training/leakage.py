@@ -236,3 +236,70 @@ def format_distances(distances, thresholds=(0, 2, 4, 6, 8, 10)):
             t, 100.0 * (copies <= t).mean() if len(copies) else 0, int((copies <= t).sum()),
             100.0 * (others <= t).mean() if len(others) else 0, int((others <= t).sum())))
     return "\n".join(lines)
+
+
+def load_sides(args):
+    """Samples with their side: a folds CSV (side = fold), a split CSV (side = split) or --data split here.
+
+    A CSV's relative paths that do not exist beside it are looked up under --data (a bundle's split.csv
+    names images relative to the data root).
+    """
+    from training import cv, data as datalib
+    if args.folds:
+        samples = cv.read_folds(args.folds)
+        csv_path = args.folds
+    elif args.split:
+        samples = datalib.read_manifest(args.split)
+        csv_path = args.split
+        if not all(s.split for s in samples):
+            raise ValueError("{}: rows without a split".format(args.split))
+    else:
+        samples = cv.assign_folds(datalib.load_samples(args.data), 5)
+        return samples, "5 grouped folds made from {} (seed 0)".format(args.data)
+    base = os.path.dirname(os.path.abspath(csv_path))
+    moved = [s._replace(path=os.path.join(args.data, os.path.relpath(s.path, base)))
+             if not os.path.isfile(s.path) else s for s in samples]
+    missing = [s.path for s in moved if not os.path.isfile(s.path)]
+    if missing:
+        raise FileNotFoundError("{}: {} image(s) not found beside it or under {}, e.g. {}".format(
+            csv_path, len(missing), args.data, missing[0]))
+    return moved, csv_path
+
+
+def main(args, log=print):
+    """retina-train leakage: exit 0 clean, 1 on a group or an exact duplicate on two sides."""
+    samples, what = load_sides(args)
+    log("checking {} ({} images, sides {})".format(what, len(samples), sorted({s.split for s in samples})))
+    prints = fingerprints(samples, log)
+    if args.measure:
+        log(format_distances(measure_distances(samples, prints)))
+    try:
+        report = check(samples, prints, threshold=args.threshold, log=log)
+        log(format_report(report, root=args.data))
+        if args.shortcut:
+            from training import shortcut
+            sides = sorted({s.split for s in samples})
+            log(shortcut.format_result(shortcut.cross_validate(samples, [sides.index(s.split) for s in samples])))
+        require_clean(report)
+    except LeakError as exc:
+        log("retina-train leakage: LEAK: {}".format(exc))
+        return 1
+    log("no group and no exact duplicate on two sides")
+    return 0
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, help="the image folder (class folders) (required)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--split", default=None, help="a split CSV path,label,group,split to check "
+                                                     "(default %(default)s)")
+    which.add_argument("--folds", default=None, help="a folds CSV path,label,group,fold to check, as written by "
+                                                     "retina-train cv (default %(default)s; with neither, 5 "
+                                                     "grouped folds are made from --data)")
+    p.add_argument("--threshold", type=int, default=NEAR_THRESHOLD,
+                   help="largest pHash Hamming distance counted as a near-duplicate (default %(default)s)")
+    p.add_argument("--measure", action="store_true",
+                   help="print the hash distance distribution of known copies vs different groups first")
+    p.add_argument("--shortcut", action="store_true",
+                   help="also score a source-only classifier (size, suffix, JPEG quality, file size) with "
+                        "the sides as folds")
