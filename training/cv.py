@@ -61,7 +61,7 @@ def read_folds(path):
         if missing:
             raise ValueError("{}: missing column(s) {}".format(path, sorted(missing)))
         for row in reader:
-            p = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+            p = os.path.normpath(os.path.join(base, row["path"]))  # an absolute path stays as it is
             samples.append(datalib.Sample(p, row["label"], row["group"], row["fold"]))
     if not samples:
         raise ValueError("{}: no rows".format(path))

@@ -31,9 +31,10 @@ from training.splits import LeakError, check_no_leak
 HASH_BITS = 63
 # Chosen from the distance distribution that `retina-train leakage --measure` prints on fundus4
 # (measure_distances): of the 368 pairs of known augmented copies (_N_* of one N in one class folder),
-# 41 % are within 4 bits, and 0.035 % of the 5.8 million pairs of images of different groups are (2,040
-# pairs; the ones looked at were mostly featureless, blurred cataract photographs, some real copies).
-# 2 bits catches 22 % of the copies, 6 bits 58 % with 4 times the different-group pairs. Fundus
+# 45 % are within 4 bits, and 0.044 % of the 5.8 million pairs of images of different groups are (2,524
+# pairs; the ones looked at were featureless, blurred cataract photographs, and real copies: an ODIR
+# NNNN_left image and an augmented _N_ copy of it, which the file-name groups do not link).
+# 2 bits catches 26 % of the copies, 6 bits 61 % with 4 times the different-group pairs. Fundus
 # photographs look alike at 8x8 DCT resolution, so this hash finds close copies, not every augmented one.
 NEAR_THRESHOLD = 4
 _ROI = {"kind": "fundus_disc", "threshold": 10, "pad": "square"}
@@ -90,14 +91,17 @@ def _bytes(hashes):
 
 def hamming_matrix(hashes_a, hashes_b):
     """Distances between two lists of phash tuples: len(a) x len(b) uint8, the smallest Hamming distance
-    between a's upright hash and any of b's 8 orientations (symmetric: the orientations form a group)."""
-    a, b = _bytes(hashes_a)[:, 0], _bytes(hashes_b)
+    between one image's upright hash and any orientation of the other, both ways round (the median
+    threshold makes a turned image's bits not quite a permutation of the upright ones: this keeps the
+    distance symmetric)."""
+    a, b = _bytes(hashes_a), _bytes(hashes_b)
     out = np.full((len(a), len(b)), 255, dtype=np.uint8)
     for v in range(b.shape[1]):
-        d = np.zeros((len(a), len(b)), dtype=np.uint8)
-        for k in range(8):
-            d += _POPCOUNT[a[:, k, None] ^ b[None, :, v, k]]
-        np.minimum(out, d, out=out)
+        for left, right in ((a[:, 0, None], b[None, :, v]), (a[:, v, None], b[None, :, 0])):
+            d = np.zeros((len(a), len(b)), dtype=np.uint8)
+            for k in range(8):
+                d += _POPCOUNT[left[..., k] ^ right[..., k]]
+            np.minimum(out, d, out=out)
     return out
 
 
