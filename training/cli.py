@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate. A thin CLI over training.recipe."""
+"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage. A thin CLI over training/."""
 import sys
 
 from edge.cliutil import Parser
@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   retina-train quantize --bundle models/default --data ../shared/data/fundus4
   retina-train calibrate --bundle models/default --data ../shared/data/fundus4
   retina-train report  --bundle models/default --data ../shared/data/fundus4 --split test --out runs/report-test
+  retina-train cv      --data ../shared/data/fundus4 --folds 5 --labels-only --out runs/cv
+  retina-train leakage --data ../shared/data/fundus4 --split models/default/split.csv --measure --shortcut
 """
 
 
@@ -105,6 +107,14 @@ def build_parser():
     p = verb("report", "write an evaluation report (Markdown, JSON, PNG plots) for a bundle or a CV predictions file")
     from training import report
     report.add_arguments(p)
+
+    p = verb("cv", "k-fold grouped cross-validation: teacher, distilled student (and labels-only) per fold")
+    from training import cv
+    cv.add_arguments(p)
+
+    p = verb("leakage", "check a split or folds for groups and exact/near-duplicate images on two sides")
+    from training import leakage
+    leakage.add_arguments(p)
     return parser
 
 
@@ -155,6 +165,16 @@ def run(args):
     elif args.verb == "export":
         from training import export
         export.export_bundle(args)
+    elif args.verb == "cv":
+        from training import cv, splits as leaks
+        try:
+            cv.main(args)
+        except leaks.LeakError as exc:
+            print("retina-train cv: refused, the folds leak: {}".format(exc), file=sys.stderr)
+            return 1
+    elif args.verb == "leakage":
+        from training import leakage
+        return leakage.main(args)
     return 0
 
 

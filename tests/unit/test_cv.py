@@ -1,0 +1,209 @@
+"""retina-train cv: grouped stratified folds, a leak refused before training, the predictions contract, resume."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("torch", reason="training/ is workstation-only")
+pytest.importorskip("timm", reason="the CV run trains timm models")
+pytestmark = pytest.mark.torch
+
+from conftest import LABELS, REPO_ROOT  # noqa: E402
+from training import cv, cvresults  # noqa: E402
+from training.calibration import ece  # noqa: E402
+from training.data import group_of, scan_folder  # noqa: E402
+from training.splits import check_no_leak  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fundus_samples(fundus_dir):
+    return scan_folder(fundus_dir)  # file names only: nothing is decoded
+
+
+def test_groups_never_cross_folds_and_folds_are_stratified(fundus_samples):
+    folded = cv.assign_folds(fundus_samples, 5, seed=0)
+    check_no_leak(folded)
+    folds_of_group = {}
+    for s in folded:
+        folds_of_group.setdefault(s.group, set()).add(s.split)
+    assert all(len(v) == 1 for v in folds_of_group.values())
+    total = Counter(s.label for s in folded)
+    for fold in "01234":
+        counts = Counter(s.label for s in folded if s.split == fold)
+        for label in LABELS:
+            assert abs(counts[label] / float(total[label]) - 0.2) < 0.02, (fold, label, counts)
+
+
+def test_other_seeds_give_other_folds_that_hold_the_same_rules(fundus_samples):
+    a, b = cv.assign_folds(fundus_samples, 5, seed=0), cv.assign_folds(fundus_samples, 5, seed=1)
+    assert [s.split for s in a] != [s.split for s in b]
+    check_no_leak(b)
+
+
+def test_a_fold_split_keeps_the_fold_as_test_and_takes_val_from_whole_training_groups(fundus_samples):
+    folded = cv.assign_folds(fundus_samples, 5, seed=0)
+    split = cv.fold_split(folded, 2, 0.125, seed=0)
+    assert [s.path for s in split] == [s.path for s in folded]  # same order: one cached image array
+    assert {s.path for s in split if s.split == "test"} == {s.path for s in folded if s.split == "2"}
+    check_no_leak(split)
+    val = sum(s.split == "val" for s in split) / float(sum(s.split != "test" for s in split))
+    assert 0.10 < val < 0.15
+
+
+def test_fewer_than_two_folds_is_refused(fundus_samples):
+    with pytest.raises(ValueError, match="at least 2"):
+        cv.assign_folds(fundus_samples, 1)
+
+
+def test_figures_are_accuracy_balanced_accuracy_glaucoma_recall_and_ece():
+    labels = ["cataract", "glaucoma"]
+    rows = [{"label": "cataract", "probs": [0.9, 0.1], "path": "a/1_left.jpg"},
+            {"label": "cataract", "probs": [0.3, 0.7], "path": "a/2_left.jpg"},
+            {"label": "glaucoma", "probs": [0.2, 0.8], "path": "b/_3_1.jpg"},
+            {"label": "glaucoma", "probs": [0.4, 0.6], "path": "b/_4_1.jpg"},
+            {"label": "glaucoma", "probs": [0.6, 0.4], "path": "b/_5_1.jpg"}]
+    f = cvresults.figures(labels, rows)
+    assert f["n"] == 5 and f["accuracy"] == pytest.approx(3 / 5.0)
+    assert f["balanced_accuracy"] == pytest.approx((1 / 2.0 + 2 / 3.0) / 2)
+    assert f["glaucoma_recall"] == pytest.approx(2 / 3.0)
+    assert f["ece"] == pytest.approx(ece(np.array([r["probs"] for r in rows]), [0, 0, 1, 1, 1]))
+    assert cvresults.mean_sd([0.5, 0.7]) == {"mean": pytest.approx(0.6), "sd": pytest.approx(0.1414, abs=1e-4)}
+
+
+def pick(fundus_dir, per_class=10):
+    """``per_class`` real images per class, one per group, some of each source kind where the class has it."""
+    rows, used = [], set()
+    for label in LABELS:
+        names = sorted(os.listdir(os.path.join(fundus_dir, label)))
+        chosen = []
+        for name in names[::5]:
+            path = os.path.join(fundus_dir, label, name)
+            group = group_of(path, label)
+            if group not in used and len(chosen) < per_class:
+                used.add(group)
+                chosen.append((path, label, group))
+        rows += chosen
+    return rows
+
+
+def write_data(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "group"])
+        writer.writerows(rows)
+
+
+def run_cv(data_csv, out, env, expect=0):
+    cmd = [sys.executable, "-m", "training", "cv", "--data", data_csv, "--out", out, "--folds", "3",
+           "--teacher-model", "test_resnet", "--student-model", "test_efficientnet", "--weights", "none",
+           "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--labels-only",
+           "--cache-dir", os.path.join(out, "cache")]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.communicate(timeout=600)[0].decode("utf-8", "replace")
+    assert proc.returncode == expect, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def cv_run(fundus_dir, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("cv"))
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONDONTWRITEBYTECODE="1")
+    rows = pick(fundus_dir)
+    data_csv = os.path.join(work, "data.csv")
+    write_data(rows, data_csv)
+    out = os.path.join(work, "run")
+    first = run_cv(data_csv, out, env)
+    return {"work": work, "env": env, "rows": rows, "data": data_csv, "out": out, "first": first}
+
+
+def test_cv_writes_folds_whole_groups_every_image_once(cv_run):
+    folded = cv.read_folds(os.path.join(cv_run["out"], "folds.csv"))
+    assert len(folded) == 40 and sorted({s.split for s in folded}) == ["0", "1", "2"]
+    check_no_leak(folded)
+    assert "exact duplicates on two sides (file bytes or decoded pixels): 0" in cv_run["first"]
+
+
+def test_predictions_follow_the_report_contract(cv_run):
+    path = os.path.join(cv_run["out"], "predictions.csv")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["path", "label", "group", "fold", "model"] + ["p_" + l for l in LABELS]
+        rows = list(reader)
+    assert Counter(r["model"] for r in rows) == {"teacher": 40, "student": 40, "labels_only": 40}
+    folds = {s.path: s.split for s in cv.read_folds(os.path.join(cv_run["out"], "folds.csv"))}
+    base = os.path.dirname(path)
+    for r in rows:
+        full = os.path.normpath(os.path.join(base, r["path"]))
+        assert os.path.isfile(full) and folds[full] == r["fold"]  # each image is predicted in its own fold
+        assert sum(float(r["p_" + l]) for l in LABELS) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_each_fold_trains_without_its_test_groups(cv_run):
+    for fold in "012":
+        for model in ("teacher", "student", "labels_only"):
+            run_dir = os.path.join(cv_run["out"], "fold" + fold, model)
+            with open(os.path.join(run_dir, "split.csv")) as f:
+                trained = [r for r in csv.DictReader(f) if r["split"] in ("train", "val")]
+            folded = cv.read_folds(os.path.join(cv_run["out"], "folds.csv"))
+            test_groups = {s.group for s in folded if s.split == fold}
+            assert trained and not test_groups & {r["group"] for r in trained}
+    with open(os.path.join(cv_run["out"], "fold0", "student", "config.json")) as f:
+        config = json.load(f)
+    assert config["teacher"].endswith(os.path.join("fold0", "teacher"))
+    with open(os.path.join(cv_run["out"], "fold0", "labels_only", "config.json")) as f:
+        config = json.load(f)
+    assert config["teacher"] is None and config["arch"] == "test_efficientnet"
+
+
+def test_cv_json_has_per_fold_and_mean_sd_figures_per_source_kind(cv_run):
+    with open(os.path.join(cv_run["out"], "cv.json")) as f:
+        summary = json.load(f)
+    assert summary["labels"] == LABELS and summary["folds"] == [0, 1, 2]
+    for model in ("teacher", "student", "labels_only"):
+        m = summary["models"][model]
+        assert sorted(m["per_fold"]) == ["0", "1", "2"]
+        for key in ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece"):
+            per_fold = [m["per_fold"][f][key] for f in "012"]
+            assert m[key]["mean"] == pytest.approx(np.mean(per_fold))
+            assert m[key]["sd"] == pytest.approx(np.std(per_fold, ddof=1))
+        assert sum(k["n"] for k in m["per_source_kind"].values()) == 40
+    assert "kd_gain_accuracy" in summary
+    assert summary["source_only_classifier"]["labels"] == LABELS
+
+
+def test_a_second_run_resumes_without_training(cv_run):
+    ckpt = os.path.join(cv_run["out"], "fold1", "student", "checkpoint.pt")
+    before = os.stat(ckpt).st_mtime_ns
+    out = run_cv(cv_run["data"], cv_run["out"], cv_run["env"])
+    assert "resuming with" in out and out.count("skipped") == 9 and "training " not in out
+    assert os.stat(ckpt).st_mtime_ns == before
+
+
+def test_a_missing_fold_model_is_trained_again(cv_run):
+    shutil.rmtree(os.path.join(cv_run["out"], "fold2", "labels_only"))
+    out = run_cv(cv_run["data"], cv_run["out"], cv_run["env"])
+    assert out.count("skipped") == 8 and "fold 2 labels_only: training" in out
+    assert os.path.isfile(os.path.join(cv_run["out"], "fold2", "labels_only", "predictions.csv"))
+
+
+def test_cv_refuses_to_train_on_an_exact_duplicate_across_folds(cv_run):
+    rows = list(cv_run["rows"])
+    copy = os.path.join(cv_run["work"], "copy_of_first.jpg")
+    shutil.copyfile(rows[0][0], copy)
+    rows.append((copy, rows[0][1], "planted:copy"))  # another group: may land in another fold
+    data_csv = os.path.join(cv_run["work"], "dirty.csv")
+    write_data(rows, data_csv)
+    out_dir = os.path.join(cv_run["work"], "dirty")
+    folds = cv.assign_folds(cv.datalib.load_samples(data_csv), 3)
+    side = {s.path: s.split for s in folds}
+    if side[copy] == side[rows[0][0]]:
+        pytest.fail("the planted copy landed in its original's fold; change its group name")
+    out = run_cv(data_csv, out_dir, cv_run["env"], expect=1)
+    assert "refused, the folds leak" in out and "copy_of_first.jpg" in out
+    assert not os.path.exists(os.path.join(out_dir, "fold0", "teacher"))
