@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage. A thin CLI over training/."""
+"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage (thin CLI)."""
 import sys
 
 from edge.cliutil import Parser
