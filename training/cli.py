@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   retina-train export  --checkpoint runs/student --out models/default
   retina-train quantize --bundle models/default --data ../shared/data/fundus4
   retina-train calibrate --bundle models/default --data ../shared/data/fundus4
+  retina-train explain --checkpoint runs/student --images a.jpg b.jpg --out explain/
 """
 
 
@@ -100,6 +101,11 @@ def build_parser():
     p = verb("calibrate", "fit the temperature, a class decision rule and the referral threshold on the val split")
     from training import calibrate
     calibrate.add_arguments(p)
+
+    p = verb("explain", "Grad-CAM and Grad-CAM++ overlays for student and teacher, or (--bundle) add the "
+                        "device's feature-map model to a bundle")
+    from training.explain import add_arguments as explain_arguments  # light until main runs
+    explain_arguments(p)
     return parser
 
 
@@ -125,6 +131,9 @@ def run(args):
         from training import calibrate
         calibrate.main(args)
         return 0
+    if args.verb == "explain":
+        from training import explain
+        return explain.main(args)
     from training import recipe
     if args.verb == "split":
         from training import data as datalib, splits
