@@ -3,7 +3,7 @@
 A bundle made explainable (``retina-train explain --bundle DIR``) carries
 ``model.cam.onnx``, model.onnx with its last feature map F (N x C x h x w, the
 tensor before global average pooling) as a second output, and
-``classifier.npz``, the final layer's weight W [classes, C]. The network's
+``classifier.json``, the final layer's weight W [classes, C]. The network's
 logit k is W[k] . mean_hw(F) + b[k], so the map CAM_k = sum_c W[k, c] F[c]
 (h x w) is what the network averages into that logit (Zhou et al., 2016).
 The device computes it for the label the bundle's decision rule gives, with
@@ -19,6 +19,8 @@ on the output thread. TensorRT engines are built from model.onnx, which has
 no feature-map output: there ``--explain`` says so in one line and the run
 screens without maps.
 """
+import json
+
 import cv2
 import numpy as np
 
@@ -34,13 +36,15 @@ class ExplainUnavailable(RuntimeError):
 
 
 def load_classifier(bundle):
-    """(weight [classes, C] float32, bias [classes] float32) from the bundle's classifier.npz."""
+    """(weight [classes, C] float32, bias [classes] float32) from the bundle's classifier.json."""
     path = bundle.explain_path("classifier")
-    with np.load(path, allow_pickle=False) as data:
-        weight, bias = np.asarray(data["weight"], np.float32), np.asarray(data["bias"], np.float32)
-    if weight.ndim != 2 or weight.shape[0] != len(bundle.labels) or bias.shape != (weight.shape[0],):
-        raise ValueError("{}: weight {} / bias {} do not fit {} labels".format(path, weight.shape, bias.shape,
-                                                                             len(bundle.labels)))
+    with open(path, "r") as f:
+        data = json.load(f)
+    weight, bias = np.asarray(data["weight"], np.float32), np.asarray(data["bias"], np.float32)
+    if data.get("labels") != bundle.labels or weight.ndim != 2 or bias.shape != (len(bundle.labels),) \
+            or weight.shape[0] != len(bundle.labels):
+        raise ValueError("{}: labels {} / weight {} / bias {} do not fit the bundle's labels {}".format(
+            path, data.get("labels"), weight.shape, bias.shape, bundle.labels))
     return weight, bias
 
 

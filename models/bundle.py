@@ -21,11 +21,11 @@ how they were chosen. Bundles without them label by argmax and give no referral.
 The optional ``"explain"`` object (``retina-train explain --bundle``) names the
 model the device runs for ``retina-edge run --explain``: ``{"method": "cam",
 "file": "model.cam.onnx", "sha256": ..., "feature_output": "features",
-"classifier": {"file": "classifier.npz", "sha256": ...}, "source_sha256": the
+"classifier": {"file": "classifier.json", "sha256": ...}, "source_sha256": the
 model.sha256 it was made from, "parity": {...}}``. ``model.cam.onnx`` is
 model.onnx with the last feature map (before global pooling) as a second
-output; ``classifier.npz`` holds the final layer's ``weight`` [classes, C] and
-``bias`` [classes]. An explain object made from another model.onnx is refused.
+output; ``classifier.json`` holds the final layer's ``weight`` [classes, C] and
+``bias`` [classes] (and the ``labels`` its rows are in). An explain object made from another model.onnx is refused.
 
 Standard library and Python 3.6 only: both ``training`` and ``edge`` import it.
 """
@@ -488,7 +488,7 @@ def write_postprocess(root, postprocess):
 
 
 def write_explain(root, model_bytes, classifier_bytes, entry, model_name="model.cam.onnx",
-                  classifier_name="classifier.npz"):
+                  classifier_name="classifier.json"):
     """Add or replace the bundle's ``explain`` files and entry; the other models are left untouched.
 
     ``entry`` gets ``file``/``sha256``, ``classifier.file``/``classifier.sha256``

@@ -13,7 +13,7 @@ the preprocessing onto the original photograph exactly as the device does it
 (``edge.explain.cam_on_image``).
 
 With ``--bundle`` it adds the device's explanation model to a bundle
-(``training.export.add_explain``): model.cam.onnx and classifier.npz, after
+(``training.export.add_explain``): model.cam.onnx and classifier.json, after
 checking on real images that its logits equal model.onnx's.
 
 Grad-CAM (Selvaraju et al., 2017): weights = mean over h, w of dy_k/dA;
@@ -145,7 +145,7 @@ def add_arguments(p):
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of {} (default %(default)s)".format(
         ", ".join(METHODS)))
     p.add_argument("--bundle", default=None,
-                   help="instead: add the device's feature-map model (model.cam.onnx, classifier.npz) to this bundle")
+                   help="instead: add the device's feature-map model (model.cam.onnx, classifier.json) to this bundle")
     p.add_argument("--parity-images", default=None,
                    help="with --bundle: folder of real images on which the logits must not move (required)")
 

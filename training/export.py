@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX (opset 13, what TensorRT 8.2 parses), prove parity
 with PyTorch through ONNX Runtime, and write a model bundle."""
 import io
+import json
 import os
 
 import numpy as np
@@ -193,10 +194,13 @@ def _inferred_shape(model, name):
     return None
 
 
-def classifier_npz(weight, bias):
-    buf = io.BytesIO()
-    np.savez(buf, weight=weight.astype(np.float32), bias=bias.astype(np.float32))
-    return buf.getvalue()
+def classifier_json(weight, bias, labels):
+    """The classifier weights as JSON bytes (float32 values written exactly); a JSON file because the device
+    has no onnx package to read them from the model's initializers, and the package ships default/*.json."""
+    record = {"labels": list(labels), "layout": "weight [classes, C], bias [classes]",
+              "weight": [[float(v) for v in row] for row in weight.astype(np.float32)],
+              "bias": [float(v) for v in bias.astype(np.float32)]}
+    return (json.dumps(record) + "\n").encode("utf-8")
 
 
 def spread(paths, count):
@@ -219,8 +223,8 @@ def explain_parity(model_path, cam_bytes, weight, bias, batch):
     return float(np.abs(expected - logits).max()), float(np.abs(rebuilt - logits).max()), list(features.shape[1:])
 
 
-def add_explain(bundle_dir, parity_folder, count=32, tolerance=1e-5, log=print):
-    """Write model.cam.onnx and classifier.npz into the bundle and its ``explain`` entry; model.onnx, the
+def add_explain(bundle_dir, parity_folder, count=64, tolerance=1e-5, log=print):
+    """Write model.cam.onnx and classifier.json into the bundle and its ``explain`` entry; model.onnx, the
     variants and the calibration fields are left as they are. Refuses if the logits moved by > tolerance."""
     bundle = load_bundle(bundle_dir)
     if bundle.output_names[0] != OUTPUT_NAME or bundle.input_name != INPUT_NAME:
@@ -243,7 +247,7 @@ def add_explain(bundle_dir, parity_folder, count=32, tolerance=1e-5, log=print):
              "parity": {"images": len(batch), "max_abs_logit_diff": logit_diff,
                         "classifier_max_abs_logit_diff": classifier_diff,
                         "runtime": "onnxruntime " + ort.__version__ + " CPU", "source": parity_folder}}
-    bundle = write_explain(bundle_dir, cam_bytes, classifier_npz(weight, bias), entry)
+    bundle = write_explain(bundle_dir, cam_bytes, classifier_json(weight, bias, bundle.labels), entry)
     log("wrote {} ({:.1f} MB) and {} into {}".format(bundle.explain["file"], len(cam_bytes) / 1e6,
                                                     bundle.explain["classifier"]["file"], bundle_dir))
     return bundle

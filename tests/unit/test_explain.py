@@ -24,7 +24,7 @@ from models.bundle import BundleError, load_bundle, validate_manifest, write_exp
 
 SAMPLES = os.path.join(REPO_ROOT, "samples", "fundus")
 TINY_CAM = os.path.join(TESTS_DIR, "data", "tiny4.cam.onnx")
-TINY_CLASSIFIER = os.path.join(TESTS_DIR, "data", "tiny4.classifier.npz")
+TINY_CLASSIFIER = os.path.join(TESTS_DIR, "data", "tiny4.classifier.json")
 
 
 def _read(path):
@@ -251,3 +251,34 @@ def test_tensorrt_binds_and_copies_a_second_output_and_still_returns_the_logits(
     logits = backend.infer(x)
     assert logits.shape == (2, 4) and np.allclose(logits, fake_logits(x), atol=1e-6)
     backend.close()
+
+
+def test_a_classifier_file_for_other_labels_is_refused(cam_bundle):
+    path = cam_bundle.explain_path("classifier")
+    with open(path) as f:
+        data = json.load(f)
+    data["labels"] = list(reversed(data["labels"]))
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match="do not fit the bundle's labels"):
+        load_classifier(cam_bundle)
+
+
+# -- the shipped bundle: model.onnx, its variants and calibration untouched; the feature-map model beside them --
+
+def test_the_default_bundles_feature_map_model_gives_model_onnxs_logits_on_real_images():
+    from edge.backends.ort import OrtBackend
+    from models.bundle import default_bundle_dir
+    bundle = load_bundle(default_bundle_dir())
+    assert bundle.explain["source_sha256"] == bundle.manifest["model"]["sha256"]
+    assert bundle.explain["file"] not in [bundle.manifest["model"]["file"]] + [
+        v["file"] for v in bundle.variants.values()]
+    batch = _sample_batch(bundle.preprocess, count=12)
+    plain = OrtBackend(bundle).infer(batch)
+    backend = explaining_backend("onnxruntime", bundle)
+    assert np.abs(backend.infer(batch) - plain).max() <= 1e-5
+    features = backend.take_features()
+    weight, bias = load_classifier(bundle)
+    assert features.shape == (12, 1280, 7, 7)
+    rebuilt = features.astype(np.float64).mean(axis=(2, 3)).dot(weight.T.astype(np.float64)) + bias
+    assert np.abs(rebuilt - plain).max() <= 1e-4
