@@ -69,6 +69,11 @@ def crop_box(rgb, roi):
     return box if box is not None else (0, 0, w, h)
 
 
+def _scaled_box(box, image_shape, out_shape):
+    sy, sx = float(out_shape[0]) / image_shape[0], float(out_shape[1]) / image_shape[1]
+    return (int(round(box[0] * sx)), int(round(box[1] * sy)), int(round(box[2] * sx)), int(round(box[3] * sy)))
+
+
 def cam_on_image(cam, image_shape, box, out_shape=None):
     """The map (h x w over the network input) on the original photograph's pixels.
 
@@ -92,17 +97,21 @@ def cam_on_image(cam, image_shape, box, out_shape=None):
                        [0.0, ay, 0.5 * ay + (top - y0) * grid_h / side - 0.5]], np.float64)
     heat = cv2.warpAffine(np.asarray(cam, np.float32), matrix, (int(out_w), int(out_h)),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    inside = np.zeros((int(out_h), int(out_w)), np.float32)
-    inside[int(round(y0 * sy)):int(round(y1 * sy)), int(round(x0 * sx)):int(round(x1 * sx))] = 1.0
-    return heat * inside
+    bx0, by0, bx1, by1 = _scaled_box(box, image_shape, (out_h, out_w))
+    out = np.zeros_like(heat)
+    out[by0:by1, bx0:bx1] = heat[by0:by1, bx0:bx1]
+    return out
 
 
 def cam_overlay(bgr, rgb, cam, roi, label=None):
-    """``bgr`` (the photograph ``rgb`` as drawn, any scale) with the normalised map blended in as a colour map."""
-    heat = cam_on_image(normalized(cam), rgb.shape, crop_box(rgb, roi or {}), bgr.shape[:2])
-    colours = cv2.applyColorMap(np.clip(heat * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    weight = (HEAT_ALPHA * (heat > 0))[..., None]  # outside the crop the photograph stays as it is
-    out = (bgr.astype(np.float32) * (1.0 - weight) + colours.astype(np.float32) * weight).astype(np.uint8)
+    """``bgr`` (the photograph ``rgb`` as drawn, any scale) with the normalised map blended in as a colour
+    map over the crop the network saw; outside it the photograph stays as it is."""
+    box = crop_box(rgb, roi or {})
+    heat = cam_on_image(normalized(cam), rgb.shape, box, bgr.shape[:2])
+    x0, y0, x1, y1 = _scaled_box(box, rgb.shape, bgr.shape[:2])
+    colours = cv2.applyColorMap((heat[y0:y1, x0:x1] * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
+    out = bgr.copy()
+    out[y0:y1, x0:x1] = cv2.addWeighted(bgr[y0:y1, x0:x1], 1.0 - HEAT_ALPHA, colours, HEAT_ALPHA, 0.0)
     if label:
         unit = max(out.shape[:2]) / 640.0
         text, org = "CAM: {}".format(label), (int(10 * unit), int(26 * unit))
