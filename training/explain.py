@@ -134,18 +134,22 @@ def _titled(bgr, title):
 
 
 def add_arguments(p):
-    p.add_argument("--checkpoint", default=None, help="student run folder or checkpoint.pt: write Grad-CAM overlays")
+    p.add_argument("--checkpoint", default=None,
+                   help="student run folder or checkpoint.pt: write Grad-CAM overlays (required unless --bundle)")
     p.add_argument("--teacher", default=None,
                    help="teacher run folder (default: the run the student was distilled from, if it is here; "
                         "'none' for the student alone)")
-    p.add_argument("--images", nargs="+", default=[], metavar="IMAGE", help="photographs to explain")
-    p.add_argument("--out", default=None, help="folder for the overlays, panels and explain.json")
+    p.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
+                   help="photographs to explain (required with --checkpoint)")
+    p.add_argument("--out", default=None, help="folder for the overlays, panels and explain.json "
+                                               "(required with --checkpoint)")
     p.add_argument("--target", default=None, metavar="CLASS",
                    help="explain this class (default: each network's own top class)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of {} (default %(default)s)".format(
         ", ".join(METHODS)))
     p.add_argument("--bundle", default=None,
-                   help="instead: add the device's feature-map model (model.cam.onnx, classifier.json) to this bundle")
+                   help="instead: add the device's feature-map model (model.cam.onnx, classifier.json) to this "
+                        "bundle (default: none)")
     p.add_argument("--parity-images", default=None,
                    help="with --bundle: folder of real images on which the logits must not move (required)")
 
