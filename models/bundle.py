@@ -18,6 +18,15 @@ beside the fitted ``temperature``: ``"decision": {"rule": "logit_offsets",
 1 - P(negative classes) >= p) and ``"calibration"``, the free-form record of
 how they were chosen. Bundles without them label by argmax and give no referral.
 
+The optional ``"explain"`` object (``retina-train explain --bundle``) names the
+model the device runs for ``retina-edge run --explain``: ``{"method": "cam",
+"file": "model.cam.onnx", "sha256": ..., "feature_output": "features",
+"classifier": {"file": "classifier.json", "sha256": ...}, "source_sha256": the
+model.sha256 it was made from, "parity": {...}}``. ``model.cam.onnx`` is
+model.onnx with the last feature map (before global pooling) as a second
+output; ``classifier.json`` holds the final layer's ``weight`` [classes, C] and
+``bias`` [classes] (and the ``labels`` its rows are in). An explain object made from another model.onnx is refused.
+
 Standard library and Python 3.6 only: both ``training`` and ``edge`` import it.
 """
 import hashlib
@@ -168,6 +177,7 @@ def _check_values(m, where):
         raise bad("modality", "is {!r}; must be one of {}".format(m.get("modality"), MODALITIES))
     _check_variants(m, bad)
     _check_decision(m, bad)
+    _check_explain(m, bad)
 
 
 def _is_sha256(text):
@@ -201,6 +211,47 @@ def _check_variants(m, bad):
         files.add(name)
         if not _is_sha256(entry["sha256"]):
             raise bad(field + ".sha256", "must be 64 hex digits")
+
+
+EXPLAIN_METHODS = ("cam",)
+
+
+def _check_file_entry(entry, field, files, bad):
+    """An object {file, sha256} naming a plain file in the bundle folder that no other entry uses."""
+    if not isinstance(entry, dict):
+        raise bad(field, "must be an object with file and sha256")
+    for key in ("file", "sha256"):
+        if not isinstance(entry.get(key), str):
+            raise bad(field + "." + key, "is missing" if key not in entry else "has type {}".format(
+                type(entry[key]).__name__))
+    name = entry["file"]
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        raise bad(field + ".file", "must be a file name inside the bundle folder, not {!r}".format(name))
+    if name in files:
+        raise bad(field + ".file", "{!r} is already used by another file of the bundle".format(name))
+    files.add(name)
+    if not _is_sha256(entry["sha256"]):
+        raise bad(field + ".sha256", "must be 64 hex digits")
+
+
+def _check_explain(m, bad):
+    """The optional ``explain`` object: the feature-map model and the classifier weights (see the docstring)."""
+    if "explain" not in m:
+        return
+    explain = m["explain"]
+    if not isinstance(explain, dict):
+        raise bad("explain", "must be an object {method, file, sha256, feature_output, classifier, source_sha256}")
+    if explain.get("method") not in EXPLAIN_METHODS:
+        raise bad("explain.method", "is {!r}; must be one of {}".format(explain.get("method"), EXPLAIN_METHODS))
+    files = set([m["model"]["file"]] + [v["file"] for v in m.get("variants", {}).values()])
+    _check_file_entry(explain, "explain", files, bad)
+    _check_file_entry(explain.get("classifier"), "explain.classifier", files, bad)
+    feature = explain.get("feature_output")
+    if not isinstance(feature, str) or not feature or feature in [o["name"] for o in m["outputs"]]:
+        raise bad("explain.feature_output", "must name the feature-map output, not {!r}".format(feature))
+    if explain.get("source_sha256") != m["model"]["sha256"]:
+        raise bad("explain.source_sha256", "is not model.sha256: the feature-map model was made from another "
+                                           "model.onnx; remake it with `retina-train explain --bundle`")
 
 
 DECISION_RULES = ("logit_offsets",)
@@ -283,6 +334,17 @@ class Bundle(object):
         return os.path.join(self.root, variant["file"])
 
     @property
+    def explain(self):
+        """The manifest's ``explain`` entry (feature-map model, classifier weights), or None."""
+        explain = self.manifest.get("explain")
+        return dict(explain) if explain else None
+
+    def explain_path(self, key=None):
+        """The feature-map model (``key`` None) or the classifier weights (``key`` "classifier")."""
+        explain = self.manifest["explain"]
+        return os.path.join(self.root, (explain[key] if key else explain)["file"])
+
+    @property
     def modality(self):
         """The kind of image the model screens (fundus, oct); fundus for bundles that do not say."""
         return self.manifest.get("modality", DEFAULT_MODALITY)
@@ -339,6 +401,9 @@ def load_bundle(root, verify_sha256=True):
     bundle = Bundle(root, manifest)
     models = [("model", bundle.onnx_path, manifest["model"])]
     models += [("variants." + p, bundle.model_path(p), v) for p, v in sorted(bundle.variants.items())]
+    if bundle.explain:
+        models += [("explain", bundle.explain_path(), bundle.explain),
+                   ("explain.classifier", bundle.explain_path("classifier"), bundle.explain["classifier"])]
     for field, path, entry in models:
         if not os.path.isfile(path):
             raise BundleError("{}: model file named in {}.file is missing".format(path, field))
@@ -418,6 +483,29 @@ def write_postprocess(root, postprocess):
     manifest = json.loads(json.dumps(bundle.manifest))
     manifest["postprocess"] = json.loads(json.dumps(postprocess))
     validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
+    _write_manifest(root, manifest)
+    return load_bundle(root)
+
+
+def write_explain(root, model_bytes, classifier_bytes, entry, model_name="model.cam.onnx",
+                  classifier_name="classifier.json"):
+    """Add or replace the bundle's ``explain`` files and entry; the other models are left untouched.
+
+    ``entry`` gets ``file``/``sha256``, ``classifier.file``/``classifier.sha256``
+    and ``source_sha256`` filled in; the files are written before the manifest
+    that names them, and the manifest last.
+    """
+    bundle = load_bundle(root)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    entry = json.loads(json.dumps(entry))
+    entry.update(file=model_name, sha256=hashlib.sha256(model_bytes).hexdigest(),
+                 source_sha256=manifest["model"]["sha256"])
+    entry["classifier"] = dict(entry.get("classifier", {}), file=classifier_name,
+                               sha256=hashlib.sha256(classifier_bytes).hexdigest())
+    manifest["explain"] = entry
+    validate_manifest(manifest, where=os.path.join(root, MANIFEST_NAME))
+    _write_atomically(os.path.join(root, model_name), model_bytes)
+    _write_atomically(os.path.join(root, classifier_name), classifier_bytes)
     _write_manifest(root, manifest)
     return load_bundle(root)
 

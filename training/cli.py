@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage (thin CLI)."""
+"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage, explain."""
 import sys
 
 from edge.cliutil import Parser
@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   retina-train report  --bundle models/default --data ../shared/data/fundus4 --split test --out runs/report-test
   retina-train cv      --data ../shared/data/fundus4 --folds 5 --labels-only --out runs/cv
   retina-train leakage --data ../shared/data/fundus4 --split models/default/split.csv --measure --shortcut
+  retina-train explain --checkpoint runs/student --images a.jpg b.jpg --out explain/
 """
 
 
@@ -115,6 +116,11 @@ def build_parser():
     p = verb("leakage", "check a split or folds for groups and exact/near-duplicate images on two sides")
     from training import leakage
     leakage.add_arguments(p)
+
+    p = verb("explain", "Grad-CAM and Grad-CAM++ overlays for student and teacher, or (--bundle) add the "
+                        "device's feature-map model to a bundle")
+    from training.explain import add_arguments as explain_arguments  # light until main runs
+    explain_arguments(p)
     return parser
 
 
@@ -146,6 +152,9 @@ def run(args):
         args.command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
         report.run(args)
         return 0
+    if args.verb == "explain":
+        from training import explain
+        return explain.main(args)
     from training import recipe
     if args.verb == "split":
         from training import data as datalib, splits

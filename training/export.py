@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX (opset 13, what TensorRT 8.2 parses), prove parity
 with PyTorch through ONNX Runtime, and write a model bundle."""
 import io
+import json
 import os
 
 import numpy as np
@@ -11,12 +12,13 @@ import torch
 from edge.io.decode import read_image
 from edge.io.sources import list_images
 from edge.preprocess import preprocess
-from models.bundle import write_bundle
+from models.bundle import load_bundle, write_bundle, write_explain
 from training import data as datalib, modelcard
 from training.recipe import command_line, git_commit, load_checkpoint, run_split, with_split_command
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
 
 
 class ParityError(AssertionError):
@@ -119,4 +121,133 @@ def export_bundle(args, log=print):
     if precisions:
         from training import quantize
         bundle = quantize.quantize_bundle(args.out, samples, precisions=precisions, log=log)
+    return bundle
+
+
+# -- the device's explanation model: model.onnx with its last feature map as a second output --------------
+
+class FeatureMapError(ValueError):
+    """The graph does not end in global average pooling -> linear, so it has no class activation map."""
+
+
+def _attributes(node):
+    return dict((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute)
+
+
+def _pooled_input(node, rank4):
+    """The tensor a global-average-pool node averages, or None if ``node`` is not one."""
+    if node.op_type == "GlobalAveragePool":
+        return node.input[0]
+    axes = _attributes(node).get("axes")  # an attribute up to opset 17 (what we export: 13)
+    if node.op_type == "ReduceMean" and axes is not None and sorted(a % rank4 for a in axes) == [2, 3]:
+        return node.input[0]
+    return None
+
+
+def feature_map_model(model):
+    """(model with a second output ``features``, weight [classes, C], bias [classes]) for a classifier ONNX.
+
+    The graph must end in global average pooling (GlobalAveragePool or ReduceMean over H, W), an
+    optional Flatten, and a Gemm giving the logits: then logits = W . mean_hw(F) + b, so the class
+    activation map W[k] . F is what the network averages into logit k. The new output is an Identity
+    of the pooled tensor; nothing else in the graph changes, so the logits do not either.
+    """
+    graph = model.graph
+    logits = graph.output[0].name
+    producers = dict((out, n) for n in graph.node for out in n.output)
+    gemm = producers.get(logits)
+    attrs = _attributes(gemm) if gemm is not None else {}
+    if gemm is None or gemm.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
+            or attrs.get("beta", 1.0) != 1.0:
+        raise FeatureMapError("output {!r} is not made by a plain Gemm (got {}); no class activation map".format(
+            logits, gemm.op_type if gemm is not None else "a graph input"))
+    node = producers.get(gemm.input[0])
+    if node is not None and node.op_type == "Flatten":
+        node = producers.get(node.input[0])
+    feature = _pooled_input(node, 4) if node is not None else None
+    if feature is None:
+        raise FeatureMapError("the classifier's input is not a global average pool (got {}); no class "
+                              "activation map".format(node.op_type if node is not None else "a graph input"))
+    inits = dict((i.name, onnx.numpy_helper.to_array(i)) for i in graph.initializer)
+    if gemm.input[1] not in inits:
+        raise FeatureMapError("the classifier's weight {!r} is not a constant".format(gemm.input[1]))
+    weight = inits[gemm.input[1]].astype(np.float32)
+    weight = weight if attrs.get("transB", 0) else weight.T
+    bias = (inits[gemm.input[2]] if len(gemm.input) > 2 and gemm.input[2] else np.zeros(weight.shape[0]))
+    bias = np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (weight.shape[0],)).copy()
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.node.append(onnx.helper.make_node("Identity", [feature], [FEATURES_NAME], name="features_output"))
+    shape = _inferred_shape(model, feature) or [0, int(weight.shape[1]), 0, 0]
+    dims = ["N"] + [d if isinstance(d, int) and d > 0 else name for d, name in zip(shape[1:], "Chw")]
+    out.graph.output.append(onnx.helper.make_tensor_value_info(FEATURES_NAME, onnx.TensorProto.FLOAT, dims))
+    onnx.checker.check_model(out)
+    return out, weight, bias
+
+
+def _inferred_shape(model, name):
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if info.name == name:
+            dims = info.type.tensor_type.shape.dim
+            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    return None
+
+
+def classifier_json(weight, bias, labels):
+    """The classifier weights as JSON bytes (float32 values written exactly); a JSON file because the device
+    has no onnx package to read them from the model's initializers, and the package ships default/*.json."""
+    record = {"labels": list(labels), "layout": "weight [classes, C], bias [classes]",
+              "weight": [[float(v) for v in row] for row in weight.astype(np.float32)],
+              "bias": [float(v) for v in bias.astype(np.float32)]}
+    return (json.dumps(record) + "\n").encode("utf-8")
+
+
+def spread(paths, count):
+    """``count`` paths spread evenly over ``paths`` (a folder of class folders lists one class first)."""
+    if len(paths) <= count:
+        return list(paths)
+    step = len(paths) / float(count)
+    return [paths[int(i * step)] for i in range(count)]
+
+
+def explain_parity(model_path, cam_bytes, weight, bias, batch):
+    """Max |logit difference| of the feature-map model against model.onnx, and of W . mean(F) + b against
+    its own logits (the classifier file is the one the network uses)."""
+    plain = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    cam = ort.InferenceSession(cam_bytes, providers=["CPUExecutionProvider"])
+    expected = plain.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    logits, features = cam.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: batch})
+    pooled = features.astype(np.float64).mean(axis=(2, 3))
+    rebuilt = pooled @ weight.astype(np.float64).T + bias
+    return float(np.abs(expected - logits).max()), float(np.abs(rebuilt - logits).max()), list(features.shape[1:])
+
+
+def add_explain(bundle_dir, parity_folder, count=64, tolerance=1e-5, log=print):
+    """Write model.cam.onnx and classifier.json into the bundle and its ``explain`` entry; model.onnx, the
+    variants and the calibration fields are left as they are. Refuses if the logits moved by > tolerance."""
+    bundle = load_bundle(bundle_dir)
+    if bundle.output_names[0] != OUTPUT_NAME or bundle.input_name != INPUT_NAME:
+        raise FeatureMapError("{}: expected input {!r} and output {!r}".format(bundle_dir, INPUT_NAME, OUTPUT_NAME))
+    model, weight, bias = feature_map_model(onnx.load(bundle.onnx_path))
+    cam_bytes = model.SerializeToString()
+    paths = spread(list_images(parity_folder), count)
+    if not paths:
+        raise ValueError("{}: no images for the parity check".format(parity_folder))
+    batch = np.concatenate([preprocess(read_image(p), bundle.preprocess) for p in paths])
+    logit_diff, classifier_diff, feature_shape = explain_parity(bundle.onnx_path, cam_bytes, weight, bias, batch)
+    log("feature-map model on {} real images: max |delta logit| = {:.3g} against model.onnx, {:.3g} for "
+        "W . mean(F) + b (tolerance {:g})".format(len(batch), logit_diff, classifier_diff, tolerance))
+    if not (logit_diff <= tolerance and classifier_diff <= 1e-3):
+        raise ParityError("the feature-map model changes the logits (or the classifier weights do not "
+                          "rebuild them); bundle not changed")
+    entry = {"method": "cam", "feature_output": FEATURES_NAME, "feature_shape": ["N"] + feature_shape,
+             "classifier": {"shape": list(weight.shape), "layout": "weight [classes, C], bias [classes]"},
+             "command": command_line(),
+             "parity": {"images": len(batch), "max_abs_logit_diff": logit_diff,
+                        "classifier_max_abs_logit_diff": classifier_diff,
+                        "runtime": "onnxruntime " + ort.__version__ + " CPU", "source": parity_folder}}
+    bundle = write_explain(bundle_dir, cam_bytes, classifier_json(weight, bias, bundle.labels), entry)
+    log("wrote {} ({:.1f} MB) and {} into {}".format(bundle.explain["file"], len(cam_bytes) / 1e6,
+                                                    bundle.explain["classifier"]["file"], bundle_dir))
     return bundle

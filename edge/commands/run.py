@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   retina-edge run /data/clinic -o out.jsonl -o null:// --backend onnxruntime --precision int8
   retina-edge run /data/export --watch --quarantine /data/bad    screen files as they arrive, until Ctrl-C
   retina-edge run csi://0 -o display://0 -o annotated/           a CSI camera, shown and saved annotated
+  retina-edge run samples/fundus -o annotated/ --explain          also a heat map per image: annotated/<name>.cam.jpg
 
 """ + EXIT_CODES_HELP
 
@@ -45,6 +46,9 @@ def add_arguments(p):
                    help="decode threads working beside the network; 0 runs every stage on one thread "
                         "(default: the CPU count minus one, at most 4)")
     p.add_argument("--headless", action="store_true", help="never open a display window")
+    p.add_argument("--explain", action="store_true",
+                   help="also write a class activation map of the label beside each annotated image (-o DIR/ gets "
+                        "<name>.cam.jpg); needs a bundle with a feature-map output and the onnxruntime backend")
     p.add_argument("--quiet", action="store_true", help="print only problems and the summary")
 
 
@@ -58,6 +62,7 @@ class Session(object):
         self.ledger_path = None
         self.backend_reason = ""
         self.pipeline = None
+        self.explain = False  # --explain and the bundle and backend can make heat maps
         self.stdout_closed = False
         self.started_s = time.monotonic()
 
@@ -98,13 +103,18 @@ def build(args, session, log):
         session.bundle = load_bundle(bundle_dir(args.model))
         session.source = open_source(input_uri(args), input_options(args))
         name, session.backend_reason = choose_backend(args.backend)
-        session.backend = create_backend(name, session.bundle, log=log, **backend_options(args))
+        session.explain = getattr(args, "explain", False) and _explaining_backend(args, session, name, log)
+        if not session.explain:
+            session.backend = create_backend(name, session.bundle, log=log, **backend_options(args))
     except (BundleError, SourceError, BackendError) as exc:
         raise SetupError(str(exc))
     uris = ([args.results] if args.results else []) + list(args.output)
+    if getattr(args, "explain", False) and not any(_is_images_uri(u) for u in uris):
+        raise SetupError("--explain writes <name>.cam.jpg beside annotated images: add an annotated-images "
+                         "output, -o DIR/")
     _refuse_writing_into_the_input(session.source, uris, getattr(args, "quarantine", None))
     output_options = {"headless": args.headless, "root": getattr(session.source, "root", None),
-                      "roi": session.bundle.manifest["preprocess"].get("roi")}
+                      "roi": session.bundle.manifest["preprocess"].get("roi"), "explain": session.explain}
     for uri in uris:
         try:
             session.outputs.append(open_output(uri, session.bundle.labels, output_options))
@@ -123,6 +133,25 @@ def build(args, session, log):
     session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id))
     _station_wiring(args, session)
     session.outputs.append(PipeGuard(ConsoleOutput(errors_only=args.quiet), session.close_stdout))
+
+
+def _explaining_backend(args, session, name, log):
+    """Set ``session.backend`` to one that keeps the feature maps; False (said in one line) where it cannot."""
+    from edge.explain import ExplainUnavailable, explaining_backend
+    try:
+        session.backend = explaining_backend(name, session.bundle, log=log, **backend_options(args))
+    except ExplainUnavailable as exc:
+        log(str(exc))
+        return False
+    return True
+
+
+def _is_images_uri(text):
+    from edge.io.uri import UriError, parse_output
+    try:
+        return parse_output(text).scheme == "images"
+    except UriError:
+        return False
 
 
 def _refuse_writing_into_the_input(source, uris, quarantine):
@@ -212,10 +241,12 @@ def main(args):
 
 def screen(args, session, signals):
     """Run the pipeline over the built session; finish the ledger and print the summary whatever happens."""
+    from edge.explain import ExplainingPipeline
     from edge.pipeline import Pipeline, PipelineFailed
     bundle, backend, source = session.bundle, session.backend, session.source
-    pipeline = session.pipeline = Pipeline(bundle, backend, session.outputs, checks=session.checks,
-                                           **pipeline_options(args))
+    make = ExplainingPipeline if session.explain else Pipeline  # the same, plus each frame's heat map
+    pipeline = session.pipeline = make(bundle, backend, session.outputs, checks=session.checks,
+                                       **pipeline_options(args))
     _say(session, "model {} ({}), backend {}, input {}".format(
         bundle.manifest["name"], bundle.root, backend.describe(), source.describe()))
     if session.backend_reason != "asked for":

@@ -10,7 +10,9 @@ display (``edge.io.display``) shows the same picture.
 under the folder, mirroring the input's path relative to the source's root
 (``sub/a.jpg`` -> ``out/sub/a.jpg``; a video or camera frame gets
 ``_frame000012``; a suffix OpenCV cannot write, such as .dcm, gets ``.jpg``
-added). Each is written to a hidden temporary file and renamed into place,
+added). With the ``explain`` option (``retina-edge run --explain``) a frame
+whose class activation map was made also gets ``<name>.cam.jpg`` beside it:
+the heat map over the photograph (``edge.explain``). Each is written to a hidden temporary file and renamed into place,
 so a reader (or a watcher of that folder) never sees half an image. A frame
 with no pixels (an error before decoding) writes nothing.
 """
@@ -134,6 +136,7 @@ class AnnotatedImages(Output):
         self.folder = os.path.abspath(uri.path)
         self.root = self.options.get("root")
         self.roi = self.options.get("roi")
+        self.explain = bool(self.options.get("explain"))
         try:
             self.max_side = int(self.options.get("max_side", 1024))
             self.quality = int(self.options.get("quality", 90))
@@ -158,6 +161,18 @@ class AnnotatedImages(Output):
             raise OutputError("{}: OpenCV could not encode {}".format(self.uri.text, name))
         write_atomically(os.path.join(self.folder, name), encoded.tobytes())
         self.written += 1
+        cam = frame.meta.get("cam") if self.explain else None
+        if cam is not None:
+            self._write_cam(frame, os.path.splitext(name)[0] + ".cam.jpg", cam)
+
+    def _write_cam(self, frame, name, cam):
+        from edge.explain import cam_overlay
+        bgr = cv2.cvtColor(np.ascontiguousarray(_scaled(frame.image, self.max_side)), cv2.COLOR_RGB2BGR)
+        overlay = cam_overlay(bgr, frame.image, cam["map"], self.roi or {}, cam["label"])
+        ok, encoded = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise OutputError("{}: OpenCV could not encode {}".format(self.uri.text, name))
+        write_atomically(os.path.join(self.folder, name), encoded.tobytes())
 
     def describe(self):
         return "{} (annotated images)".format(self.uri.text)
