@@ -71,6 +71,7 @@ def render(manifest, reports=()):
             parity["images"], parity["max_abs_logit_diff"], parity["runtime"]), ""]
     lines += _variants(manifest.get("variants", {}))
     lines += _calibration(manifest)
+    lines += _explain(manifest.get("explain"))
     lines += _report_links(reports)
     lines += ["**Known limits.** Most cataract and glaucoma images in this source are 256x256 augmented copies "
               "while diabetic retinopathy and normal images are 400x400; every image is cropped to the disc "
@@ -79,6 +80,18 @@ def render(manifest, reports=()):
               "", "**Reproduce** (commit `{}`):".format(prov["commit"]), "", "```"]
     lines += prov["commands"] + ["```", ""]
     return "\n".join(lines)
+
+
+def _explain(entry):
+    """The device's class activation maps (`retina-edge run --explain`), where the bundle carries them."""
+    if not entry:
+        return []
+    parity = entry.get("parity", {})
+    return ["**Explanations.** `{}` is `model.onnx` with its last feature map as a second output and `{}` holds the "
+            "classifier weights: `retina-edge run --explain` draws class activation maps from them (ONNX Runtime, "
+            "fp32). Logits against `model.onnx` on {} real images: max |delta| = {:.2g}. Made with: `{}`".format(
+                entry["file"], entry["classifier"]["file"], parity.get("images", "?"),
+                parity.get("max_abs_logit_diff", float("nan")), entry.get("command", "")), ""]
 
 
 def _how(entry):

@@ -1,6 +1,7 @@
 """The shipped default bundle: valid, documented, and its recorded held-out figures reproduced
 by the device code (Python 3.6, no torch)."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,16 @@ def test_demo_command_screens_the_samples_with_the_default(tmp_path, subprocess_
     referred = sum(r["refer"] == "yes" for r in rows)
     assert all(r["refer"] in ("yes", "no") for r in rows)  # the shipped bundle has a referral point
     assert "12 image(s), 12 ok, {} to refer, 0 error(s)".format(referred).encode() in out
+
+
+@pytest.mark.torch
+def test_model_card_is_what_the_card_writer_makes_of_the_manifest():
+    """The shipped card is generated, never hand-edited: re-rendering the manifest gives it back, so every
+    figure in it (variants, calibration, explanations, report links) is the manifest's."""
+    from training import modelcard
+    with open(os.path.join(BUNDLE_DIR, "bundle.json")) as f:
+        manifest = json.load(f)
+    with open(os.path.join(BUNDLE_DIR, "MODEL_CARD.md")) as f:
+        card = f.read()
+    assert card == modelcard.render(manifest, modelcard.find_reports(BUNDLE_DIR))
+    assert "**Explanations.** `model.cam.onnx`" in card and "[test](report/test/report.md)" in card
