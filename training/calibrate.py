@@ -16,16 +16,13 @@ model in ONNX Runtime (as `retina-train quantize` measures its variants):
 The test split is scored only with --report-test, once, for the record; it
 chooses nothing. model.onnx and the variants are not changed.
 """
-import shlex
-import sys
-
 import numpy as np
 import onnxruntime as ort
 
 from edge.postprocess import Rule
 from models.bundle import load_bundle, write_postprocess
 from training import calibration as cal, data as datalib, modelcard
-from training.quantize import bundle_samples, logits_of
+from training.quantize import add_bundle_arguments, bundle_samples, logits_of, retina_train_command
 
 DEFAULT_NEGATIVE = "normal"
 DEFAULT_LIFT = "glaucoma"
@@ -185,7 +182,7 @@ def calibrate_bundle(bundle_dir, data, report_test=False, cache_dir=None, log=pr
 
 
 def main(args, log=print):
-    command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = retina_train_command()
     negative = [n.strip() for n in args.negative.split(",") if n.strip()]
     bundle = calibrate_bundle(args.bundle, args.data, args.report_test, args.cache_dir or None, log, command,
                               negative, args.lift, args.sensitivity)
@@ -194,10 +191,7 @@ def main(args, log=print):
 
 
 def add_arguments(p):
-    p.add_argument("--bundle", required=True, help="bundle folder to calibrate (required; the models are not changed)")
-    p.add_argument("--data", required=True,
-                   help="required: image root the bundle's split.csv is relative to (e.g. ../shared/data/fundus4), or the "
-                        "run's split CSV")
+    add_bundle_arguments(p, "bundle folder to calibrate (required; the models are not changed)")
     p.add_argument("--negative", default=DEFAULT_NEGATIVE, metavar="CLASSES",
                    help="comma-separated classes that are not referred; everything else is (default %(default)s)")
     p.add_argument("--lift", default=None, metavar="CLASS",

@@ -147,9 +147,9 @@ def run(args):
         calibrate.main(args)
         return 0
     if args.verb == "report":  # no torch: numpy, onnxruntime, matplotlib
-        import shlex
         from training import report
-        args.command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
+        from training.quantize import retina_train_command
+        args.command = retina_train_command()
         report.run(args)
         return 0
     if args.verb == "explain":

@@ -256,7 +256,7 @@ def main(args, log=print):
                "keep_fp32": args.keep_fp32, "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
                "seed": args.seed}
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    command = " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = retina_train_command()
     bundle = quantize_bundle(args.bundle, args.data, options, precisions, args.report_test, args.cache_dir or None,
                              log, command)
     for precision in precisions:
@@ -264,11 +264,21 @@ def main(args, log=print):
     return bundle
 
 
-def add_arguments(p):
-    p.add_argument("--bundle", required=True, help="bundle folder to add the variants to (required; model.onnx is not changed)")
+def retina_train_command():
+    """The running verb as `retina-train ...`, recorded in the bundle by the verbs that change or report on it."""
+    return " ".join(["retina-train"] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def add_bundle_arguments(p, bundle_help):
+    """--bundle and --data, as every verb that works on a bundle and its recorded split takes them."""
+    p.add_argument("--bundle", required=True, help=bundle_help)
     p.add_argument("--data", required=True,
                    help="required: image root the bundle's split.csv is relative to (e.g. ../shared/data/fundus4), or the "
                         "run's split CSV")
+
+
+def add_arguments(p):
+    add_bundle_arguments(p, "bundle folder to add the variants to (required; model.onnx is not changed)")
     p.add_argument("--precisions", default="int8,fp16", help="variants to make (default %(default)s)")
     p.add_argument("--method", default=DEFAULTS["method"], choices=METHODS,
                    help="activation calibration (default %(default)s)")
