@@ -1,4 +1,4 @@
-"""The PNG plots of `retina-train report`, with matplotlib (imported here and only here, on the Agg backend).
+"""The PNG plots of `retina-train report`, with matplotlib (loaded by edge.profiling.plots.pyplot, on the Agg backend).
 
     confusion.png      confusion matrix at the printed label (rows: truth), counts and row percentages
     per_class.png      precision / recall / F1 per class with their 95 % bootstrap intervals
@@ -10,19 +10,10 @@ import os
 
 import numpy as np
 
+from edge.profiling.plots import pyplot
 from training import metrics
 
 DPI = 80  # small files: the report is committed beside the shipped bundle
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _save(plt, fig, out_dir, name, written):
@@ -121,7 +112,7 @@ def reliability(plt, out_dir, name, calibration, title, written):
 
 
 def bundle_plots(out_dir, ev, record):
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {"written": [], "skipped": "matplotlib is not installed (pip install matplotlib)"}
     f, written = record["figures"], []
@@ -135,7 +126,7 @@ def bundle_plots(out_dir, ev, record):
 
 
 def cv_plots(out_dir, models, record):
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {"written": [], "skipped": "matplotlib is not installed (pip install matplotlib)"}
     written = []

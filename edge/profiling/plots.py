@@ -10,8 +10,9 @@ import os
 from edge.profiling.profiler import STAGES
 
 
-def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed
+    (training's report plots use it too)."""
     try:
         import matplotlib
     except ImportError:
@@ -24,7 +25,7 @@ def _pyplot():
 def write_plots(out_dir, profiler, sampler, t_origin, report):
     """{"written": [file names], "skipped": reason or None, "notes": [...]}."""
     from edge.profiling.report import PLOTS_HINT
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {"written": [], "skipped": PLOTS_HINT}
     written, notes = [], []
@@ -60,6 +61,10 @@ def _latency(plt, path, profiler, stages):
     for ax in list(axes.flat)[len(stages):]:
         ax.axis("off")
     fig.suptitle("Latency per stage, measured frames (warm-up excluded)", fontsize=10)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -86,9 +91,7 @@ def _power(plt, path, sampler, t_origin, marks):
     ax.set_ylabel("mW")
     ax.set_title("Power")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _temperature(plt, path, sampler, t_origin, marks):
@@ -104,6 +107,4 @@ def _temperature(plt, path, sampler, t_origin, marks):
     ax.set_ylabel("degC")
     ax.set_title("Temperature")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
