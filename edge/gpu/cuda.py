@@ -48,6 +48,23 @@ def _adapter(name):
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def _importable(prefer, missing):
+    """(name, adapter class, its modules) for each runtime of ``prefer``'s order that imports; why each
+    other one did not is appended to ``missing``."""
+    for name in _order(prefer):
+        cls = _adapter(name)
+        try:
+            modules = cls.import_modules()
+        except ImportError as exc:
+            missing.append("{}: {}".format(name, exc))
+            continue
+        yield name, cls, modules
+
+
+def _none_imports(missing):
+    return "no CUDA runtime for Python ({}); {}".format("; ".join(missing), INSTALL_HINT)
+
+
 def load_runtime(prefer=None, device=0):
     """The first runtime of ``prefer``, pycuda, cuda-python that imports; its context is made current.
 
@@ -55,27 +72,15 @@ def load_runtime(prefer=None, device=0):
     GPU cannot be used ("no CUDA GPU ...") when one imports.
     """
     missing = []
-    for name in _order(prefer):
-        cls = _adapter(name)
-        try:
-            modules = cls.import_modules()
-        except ImportError as exc:
-            missing.append("{}: {}".format(name, exc))
-            continue
+    for _, cls, modules in _importable(prefer, missing):
         return cls(modules, device)
-    raise GpuError("no CUDA runtime for Python ({}); {}".format("; ".join(missing), INSTALL_HINT))
+    raise GpuError(_none_imports(missing))
 
 
 def probe(prefer=None):
     """(ok, reason): whether a CUDA GPU can be used from Python here, without creating a context."""
     missing = []
-    for name in _order(prefer):
-        cls = _adapter(name)
-        try:
-            modules = cls.import_modules()
-        except ImportError as exc:
-            missing.append("{}: {}".format(name, exc))
-            continue
+    for name, cls, modules in _importable(prefer, missing):
         try:
             count = cls.device_count(modules)
         except GpuError as exc:
@@ -83,7 +88,7 @@ def probe(prefer=None):
         if count < 1:
             return False, "no CUDA GPU ({} sees none)".format(name)
         return True, "{} sees {} CUDA GPU(s)".format(name, count)
-    return False, "no CUDA runtime for Python ({}); {}".format("; ".join(missing), INSTALL_HINT)
+    return False, _none_imports(missing)
 
 
 class DeviceBuffer(object):
