@@ -203,14 +203,7 @@ def _check_variants(m, bad):
                 raise bad(field + "." + key, "is missing")
             if not isinstance(entry[key], types):
                 raise bad(field + "." + key, "has type {}".format(type(entry[key]).__name__))
-        name = entry["file"]
-        if not name or os.path.basename(name) != name or name in (".", ".."):
-            raise bad(field + ".file", "must be a file name inside the bundle folder, not {!r}".format(name))
-        if name in files:
-            raise bad(field + ".file", "{!r} is already used by another model".format(name))
-        files.add(name)
-        if not _is_sha256(entry["sha256"]):
-            raise bad(field + ".sha256", "must be 64 hex digits")
+        _check_file_and_sha256(entry, field, files, bad, "another model")
 
 
 EXPLAIN_METHODS = ("cam",)
@@ -224,11 +217,16 @@ def _check_file_entry(entry, field, files, bad):
         if not isinstance(entry.get(key), str):
             raise bad(field + "." + key, "is missing" if key not in entry else "has type {}".format(
                 type(entry[key]).__name__))
+    _check_file_and_sha256(entry, field, files, bad, "another file of the bundle")
+
+
+def _check_file_and_sha256(entry, field, files, bad, other):
+    """``entry["file"]`` a plain file name in the bundle folder not in ``files`` (then added), and a sha256."""
     name = entry["file"]
     if not name or os.path.basename(name) != name or name in (".", ".."):
         raise bad(field + ".file", "must be a file name inside the bundle folder, not {!r}".format(name))
     if name in files:
-        raise bad(field + ".file", "{!r} is already used by another file of the bundle".format(name))
+        raise bad(field + ".file", "{!r} is already used by {}".format(name, other))
     files.add(name)
     if not _is_sha256(entry["sha256"]):
         raise bad(field + ".sha256", "must be 64 hex digits")
