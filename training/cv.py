@@ -42,13 +42,8 @@ def assign_folds(samples, k, seed=0):
 
 
 def write_folds(samples, path):
-    base = os.path.dirname(os.path.abspath(path))
-    os.makedirs(base, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "group", "fold"])
-        for s in samples:
-            writer.writerow([os.path.relpath(os.path.abspath(s.path), base), s.label, s.group, s.split])
+    """folds.csv: path,label,group,fold (the fold index is the sample's ``split``)."""
+    datalib.write_manifest(samples, path, side_column="fold")
 
 
 def read_folds(path):

@@ -83,12 +83,13 @@ def read_manifest(csv_path):
     return samples
 
 
-def write_manifest(samples, csv_path, relative_to=None):
+def write_manifest(samples, csv_path, relative_to=None, side_column="split"):
+    """path,label,group,<side_column> rows, paths relative to the CSV's folder (a split, or CV folds)."""
     base = os.path.abspath(relative_to or os.path.dirname(os.path.abspath(csv_path)))
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "group", "split"])
+        writer.writerow(["path", "label", "group", side_column])
         for s in samples:
             writer.writerow([os.path.relpath(os.path.abspath(s.path), base), s.label, s.group, s.split])
 
