@@ -119,6 +119,21 @@ def test_results_come_in_input_order_although_workers_finish_out_of_order(tiny_b
     assert stats.frames == 24 and stats.counts["ok"] == 24 and not stats.interrupted
 
 
+class SlowOutput(object):
+    """Takes 5 ms a frame and records in ``seen`` how far the source was read ahead of it."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def write(self, frame, result):
+        time.sleep(0.005)
+        self.seen["written"] += 1
+        self.seen["ahead"] = max(self.seen["ahead"], self.seen["read"] - self.seen["written"])
+
+    def close(self):
+        pass
+
+
 def test_a_slow_output_never_lets_frames_pile_up(tiny_bundle):
     """However slow an output is, the source is read only as far as the window allows and no more
     frames (with their pixels) are alive than the pipeline's in-flight limit."""
@@ -136,15 +151,7 @@ def test_a_slow_output_never_lets_frames_pile_up(tiny_bundle):
             del frame
             seen["alive"] = max(seen["alive"], sum(r() is not None for r in alive) - len(unread))
 
-    class SlowOutput(object):
-        def write(self, frame, result):
-            time.sleep(0.005)
-            seen["written"] += 1
-            seen["ahead"] = max(seen["ahead"], seen["read"] - seen["written"])
-
-        def close(self):
-            pass
-    pipeline.outputs.append(SlowOutput())
+    pipeline.outputs.append(SlowOutput(seen))
     stats = pipeline.run(source())
     assert stats.frames == 40 and seen["written"] == 40
     assert 0 < seen["ahead"] <= limit, "the source was read {} frames ahead of the outputs".format(seen["ahead"])
@@ -169,15 +176,7 @@ def test_a_live_source_gets_a_smaller_window_so_the_picture_stays_fresh(tiny_bun
                 seen["read"] += 1
                 yield frame
 
-    class SlowOutput(object):
-        def write(self, frame, result):
-            time.sleep(0.005)
-            seen["written"] += 1
-            seen["ahead"] = max(seen["ahead"], seen["read"] - seen["written"])
-
-        def close(self):
-            pass
-    pipeline.outputs.append(SlowOutput())
+    pipeline.outputs.append(SlowOutput(seen))
     stats = pipeline.run(Camera())
     assert stats.frames == 30 and seen["written"] == 30
     assert live_limit - 1 <= seen["ahead"] <= live_limit, "read {} frames ahead of the outputs".format(seen["ahead"])
