@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.preprocess import normalize
+from training.kd import logit
 
 
 def device_of(module):
@@ -104,11 +105,9 @@ class Distill(nn.Module):
                 t_views = F.interpolate(views, size=self.teacher_size, mode="bilinear", align_corners=False,
                                         antialias=True)
             z_t = self.teacher(self.t_norm(t_views))
-        t = self.temperature
         ce = F.cross_entropy(z_s, y)
-        kd = F.kl_div(F.log_softmax(z_s / t, dim=1), F.log_softmax(z_t / t, dim=1),
-                      reduction="batchmean", log_target=True) * (t * t)
-        loss = self.alpha * ce + (1.0 - self.alpha) * kd
+        kd = logit.logit_kd(z_s, z_t, self.temperature)
+        loss = logit.combine(ce, kd, self.alpha)
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": z_s.detach()}
 
 
