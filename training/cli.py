@@ -1,4 +1,5 @@
-"""retina-train: split, teacher, distil, evaluate, export, quantize, calibrate, report, cv, leakage, explain."""
+"""retina-train: split, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv,
+leakage, explain."""
 import sys
 
 from edge.cliutil import Parser
@@ -15,6 +16,9 @@ EXAMPLES = """examples:
   retina-train calibrate --bundle models/default --data ../shared/data/fundus4
   retina-train report  --bundle models/default --data ../shared/data/fundus4 --split test --out runs/report-test
   retina-train cv      --data ../shared/data/fundus4 --folds 5 --labels-only --out runs/cv
+  retina-train ablate  --data ../shared/data/fundus4 --teacher runs/cv --folds 5 --variants labels,logits,logits+gl --out runs/ablate
+  retina-train soft-labels --data runs/split.csv --teacher runs/teacher --epochs 10
+  retina-train distil  --data runs/split.csv --teacher runs/teacher --soft-labels runs/teacher/soft_labels.npz --out runs/student
   retina-train leakage --data ../shared/data/fundus4 --split models/default/split.csv --measure --shortcut
   retina-train explain --checkpoint runs/student --images a.jpg b.jpg --out explain/
 """
@@ -39,6 +43,23 @@ def _train_options(p, model, epochs, lr):
     p.add_argument("--seed", type=int, default=0, help="random seed for order and augmentation (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimiser steps, for smoke runs (default %(default)s: no limit)")
+    p.add_argument("--cache-dir", default=".cache/prepared",
+                   help="where prepared images are cached, '' for none (default %(default)s)")
+
+
+def _soft_label_options(p):
+    """retina-train soft-labels (training.fkd.main)."""
+    p.add_argument("--data", required=True, help="the split CSV the student will be distilled on (required)")
+    p.add_argument("--teacher", required=True, help="teacher run folder (required)")
+    p.add_argument("--out", default=None, help="cache file to write (default: <teacher>/soft_labels.npz)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="views per image = the distil epochs they serve (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="the student's input side in pixels: views are made at it (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="the distillation temperature T the probabilities are taken at (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="views per teacher pass (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the views (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
 
@@ -74,6 +95,20 @@ def build_parser():
                         "(default %(default)s)")
     p.add_argument("--temperature", type=float, default=4.0,
                    help="softmax temperature T of the distillation term, scaled by T^2 (default %(default)s)")
+    p.add_argument("--kd-config", default=None, metavar="CONFIG",
+                   help="distillation terms and weights: a JSON/YAML file, inline JSON or a variant such as "
+                        "logits+pca+gl (terms: logits, pca, gl, adversarial, multiview, fmap; default: logits)")
+    p.add_argument("--soft-labels", default=None, metavar="CACHE",
+                   help="replay the views and teacher probabilities of a `retina-train soft-labels` cache "
+                        "instead of running the teacher (default: the online teacher)")
+
+    p = verb("soft-labels", "cache the teacher's soft labels on stored augmented views, for distil --soft-labels")
+    _soft_label_options(p)
+
+    p = verb("ablate", "train distillation variants on the same folds; table of accuracy, balanced accuracy, "
+                       "glaucoma recall, ECE")
+    from training.ablate import add_arguments as ablate_arguments  # light: torch imported when it runs
+    ablate_arguments(p)
 
     p = verb("evaluate", "evaluate a checkpoint on a split")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt (required)")
@@ -181,6 +216,12 @@ def run(args):
         except leaks.LeakError as exc:
             print("retina-train cv: refused, the folds leak: {}".format(exc), file=sys.stderr)
             return 1
+    elif args.verb == "soft-labels":
+        from training import fkd
+        fkd.main(args)
+    elif args.verb == "ablate":
+        from training import ablate
+        ablate.main(args)
     elif args.verb == "leakage":
         from training import leakage
         return leakage.main(args)

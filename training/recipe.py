@@ -182,10 +182,41 @@ def build_task(args, labels, teacher_dir):
         if t_spec["roi"] != spec["roi"]:
             raise ValueError("teacher region of interest {} differs from the student's {}".format(
                 t_spec["roi"], spec["roi"]))
-        task = engine.Distill(net, spec["mean"], spec["std"], teacher.to(memory_format=torch.channels_last),
-                              t_spec["mean"], t_spec["std"], alpha=args.alpha, temperature=args.temperature,
-                              teacher_size=t_spec["resize"]["size"])
+        task = distil_task(args, net, spec, teacher.to(memory_format=torch.channels_last), t_spec)
     return task, net, nets.resolve_name(args.model), spec, weights_used, commands
+
+
+def distil_task(args, net, spec, teacher, t_spec):
+    """engine.Distill; the composed task of training.kd with --kd-config; the cache's with --soft-labels."""
+    kd_config, soft_labels = getattr(args, "kd_config", None), getattr(args, "soft_labels", None)
+    if soft_labels:
+        from training import fkd
+        if kd_config:
+            raise ValueError("--soft-labels replays the teacher's probabilities only; feature terms "
+                             "(--kd-config) need the online teacher")
+        return fkd.SoftLabelDistill(net, spec["mean"], spec["std"], alpha=args.alpha, temperature=args.temperature)
+    if kd_config:
+        from training.kd import config as kdconfig, task as kdtask
+        config = kdconfig.load(kd_config) if isinstance(kd_config, str) else kdconfig.resolve(kd_config)
+        return kdtask.ComposedDistill(net, spec["mean"], spec["std"], teacher, t_spec["mean"], t_spec["std"],
+                                      config, args.image_size, teacher_size=t_spec["resize"]["size"])
+    return engine.Distill(net, spec["mean"], spec["std"], teacher, t_spec["mean"], t_spec["std"],
+                          alpha=args.alpha, temperature=args.temperature, teacher_size=t_spec["resize"]["size"])
+
+
+def fit_for(args, parts, labels, log):
+    """engine.fit, or training.fkd.replay_fit over the --soft-labels cache (checked against this split)."""
+    path = getattr(args, "soft_labels", None)
+    if not path:
+        return engine.fit
+    from functools import partial
+    from training import fkd
+    cache = fkd.Cache(path)
+    cache.check([s.path for s in parts["train"].samples], args.temperature, args.image_size)
+    if cache.meta["labels"] != labels:
+        raise ValueError("{}: classes {} differ from {}".format(path, cache.meta["labels"], labels))
+    log("replaying {} cached views per image from {}".format(cache.epochs, path))
+    return partial(fkd.replay_fit, cache=cache)
 
 
 def train(args, teacher_dir=None, log=print):
@@ -208,7 +239,7 @@ def train(args, teacher_dir=None, log=print):
         report = evaluate_net(net, parts["val"], spec, labels, "val")[0]
         return {"val_accuracy": report["accuracy"], "val_balanced_accuracy": report["balanced_accuracy"]}
     start = time.time()
-    history = engine.fit(task, parts["train"].images, parts["train"].targets, args.epochs,
+    history = fit_for(args, parts, labels, log)(task, parts["train"].images, parts["train"].targets, args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          seed=args.seed, log=log, on_epoch=on_epoch, max_steps=args.max_steps)
     metrics = {"train_seconds": round(time.time() - start, 1)}
