@@ -144,7 +144,7 @@ def add_arguments(p):
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help="comma-separated kd configs: labels, logits, logits+pca, logits+gl, logits+adv, logits+mv, "
                         "logits+fmap, any + combination, or JSON/YAML files (default %(default)s)")
-    p.add_argument("--folds", type=int, default=None, help="number of folds of the cv run given as --teacher")
+    p.add_argument("--folds", type=int, default=None, help="number of folds of the cv run given as --teacher (default: none, give it or --split)")
     p.add_argument("--split", action="store_true", help="one split: --data's train/val/test (sd reads 0)")
     p.add_argument("--student-model", default="tf_efficientnet_lite0", help="timm student (default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="student starting weights (default %(default)s)")
