@@ -75,7 +75,8 @@ def channels(preprocess):
 def roi_parameters(roi):
     """The roi object with every parameter of its kind filled in from ROI_DEFAULTS (validated)."""
     check_roi(roi)
-    filled = copy.deepcopy(ROI_DEFAULTS[roi["kind"]])
+    filled = {"kind": roi["kind"]}
+    filled.update(copy.deepcopy(ROI_DEFAULTS[roi["kind"]]))
     filled.update(roi)
     filled.setdefault("pad", ROI_PADS[0])
     return filled
@@ -132,11 +133,11 @@ def check_preprocess(pre, input_channels=None):
 
 
 _ROI_WORDS = {
-    "fundus_disc": "fundus-disc crop (rows and columns with over 2 % of pixels brighter than {threshold})",
+    "fundus_disc": "fundus-disc crop (threshold {threshold})",
     "retina_band": "retina-band crop (rows whose mean grey value exceeds {threshold}, widened by {margin} of the "
                    "band's height each side, full width)",
     "centre": "centred square crop ({fraction} of the shorter side)",
-    "none": "the whole frame",
+    "none": "no crop (the whole frame)",
 }
 _ORDER_WORDS = {"RGB": "RGB order", "BGR": "BGR order", "GREY": "one grey channel (OpenCV RGB2GRAY)"}
 
