@@ -14,6 +14,7 @@ position within a stopped epoch and the history.
 import contextlib
 import math
 import os
+import platform
 import time
 
 import numpy as np
@@ -35,6 +36,19 @@ def resolve_amp(mode, device):
     if mode == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return mode
+
+
+def hardware(device, amp="off"):
+    """Which machine ran a run, for its provenance."""
+    device = torch.device(device)
+    info = {"device": device.type, "cuda_device": None, "cuda": torch.version.cuda,
+            "torch": torch.__version__, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "amp": resolve_amp(amp, device)}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        info["cuda_device"] = torch.cuda.get_device_name(index)
+        info["cuda_capability"] = ".".join(str(v) for v in torch.cuda.get_device_capability(index))
+    return info
 
 
 class Amp(object):
