@@ -110,8 +110,8 @@ class Run(object):
 
     # -- schedule -------------------------------------------------------------------------------------
     def lr_at(self, step):
-        if self.hold_from is not None and step > self.hold_from:
-            step = self.hold_from
+        if self.hold_from is not None:  # SWA: constant from its first epoch (and never below the warm-up)
+            step = min(step, max(self.hold_from, self.warmup))
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         return 0.5 * self.lr * (1 + math.cos(math.pi * (step - self.warmup) / max(1, self.total - self.warmup)))
