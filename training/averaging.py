@@ -75,7 +75,8 @@ class SWA(NoAverage):
             self.average = {k: p.clone().float() for k, p in params.items()}
         else:
             for k, p in params.items():  # running mean: a_n = a_{n-1} + (w_n - a_{n-1}) / n
-                self.average[k].add_(p.float() - self.average[k], alpha=1.0 / (self.count + 1))
+                average = self.average[k] = self.average[k].to(p.device)  # resumed averages load on the CPU
+                average.add_(p.float() - average, alpha=1.0 / (self.count + 1))
         self.count += 1
         self.epochs.append(int(epoch))
 
