@@ -40,7 +40,7 @@ import numpy as np
 Guess = collections.namedtuple("Guess", ["modality", "score", "reason"])
 
 THUMB_SIDE = 64
-_STRIDE_TARGET = 4 * THUMB_SIDE     # strided view before INTER_AREA: at most ~256 x 256 pixels read
+_STRIDE_SIDE = 2 * THUMB_SIDE       # strided view before INTER_AREA: under 256 x 256 pixels read
 _PATCH_HALF = 16
 _MIN_SIDE = 8
 _MIN_CONTRAST = 2.0                 # grey levels (0..255): below this std the thumbnail is blank
@@ -113,18 +113,21 @@ def _score(features):
 
 
 def _thumbnail(image):
-    """THUMB_SIDE x THUMB_SIDE float32 (0..255) from a strided view: the cost does not grow with the image."""
+    """THUMB_SIDE x THUMB_SIDE float32 (0..255): a strided view (nearest) of about twice that side, then
+    INTER_AREA; the strided view reads a fixed number of pixels, so the cost does not grow with the image."""
     import cv2
 
     h, w = image.shape[:2]
-    view = image[::max(1, h // _STRIDE_TARGET), ::max(1, w // _STRIDE_TARGET)]
+    view = image[::max(1, h // _STRIDE_SIDE), ::max(1, w // _STRIDE_SIDE)]
     if view.ndim == 3:
         view = view[..., :3]
-    small = np.ascontiguousarray(view).astype(np.float32)
-    if image.dtype != np.uint8:
+    small = np.ascontiguousarray(view)
+    if small.dtype != np.uint8:
+        small = small.astype(np.float32)
         top = float(small.max())
         small *= 255.0 / top if top > 0 else 1.0
-    return cv2.resize(small, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    thumb = cv2.resize(small, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    return thumb.astype(np.float32)
 
 
 def _grey(thumb):
@@ -155,11 +158,12 @@ def _warmth(thumb, grey):
     if thumb.ndim == 2:
         return 0.0
     bright = grey > 0.25 * float(grey.max())
-    pixels = thumb[bright]
-    if pixels.shape[0] == 0:
+    count = int(np.count_nonzero(bright))
+    if count == 0:
         return 0.0
-    chroma = float((pixels.max(axis=1) - pixels.min(axis=1)).mean() / (pixels.mean() + 1.0))
+    r, g, b = thumb[..., 0], thumb[..., 1], thumb[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    chroma = float(spread[bright].sum() / (grey[bright].sum() + count))
     if chroma < _MIN_CHROMA:
         return 0.0
-    r, b = pixels[:, 0], pixels[:, 2]
-    return float(np.mean((r - b) / (r + b + 1.0)))
+    return float(((r - b) / (r + b + 1.0))[bright].mean())
