@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from edge.pipeline import Pipeline
-from edge.preprocess import find_fundus_disc
+from edge.preprocess import roi_box
 
 CAM_KEY = "cam"  # frame.meta[CAM_KEY] = {"map": h x w float32, "label": name}
 HEAT_ALPHA = 0.45  # weight of the heat map in the overlay
@@ -63,9 +63,10 @@ def normalized(cam):
 
 
 def crop_box(rgb, roi):
-    """The crop the preprocessing makes of ``rgb`` (x0, y0, x1, y1): the fundus disc, else the whole frame."""
+    """The crop the preprocessing makes of ``rgb`` (x0, y0, x1, y1) by the bundle's roi rule (the fundus disc,
+    the retina band, the centre square), else the whole frame."""
     h, w = rgb.shape[:2]
-    box = find_fundus_disc(rgb, roi.get("threshold", 10)) if roi.get("kind") == "fundus_disc" else None
+    box = roi_box(rgb, roi or {"kind": "none"})
     return box if box is not None else (0, 0, w, h)
 
 

@@ -9,6 +9,8 @@ EXAMPLES = """examples:
   retina-train split   --data ../shared/data/fundus4 --out runs/split.csv
   retina-train teacher --data runs/split.csv --model tf_efficientnet_lite2 --out runs/teacher
   retina-train teacher --data runs/split.csv --model vit_small_patch16_224 --weights hub --out runs/vit
+  retina-train teacher --data runs/split.csv --model convnextv2_atto --loss focal --class-weights balanced \
+                       --augment strong --average swa --accumulate 2 --out runs/convnextv2
   retina-train distil  --data runs/split.csv --teacher runs/teacher --model tf_efficientnet_lite0 --out runs/student
   retina-train evaluate --checkpoint runs/student --split test
   retina-train export  --checkpoint runs/student --out models/default
@@ -34,15 +36,37 @@ def _train_options(p, model, epochs, lr):
                    help="imagenet (offline package, else hub), hub, none, or a checkpoint path (default %(default)s)")
     p.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default %(default)s)")
     p.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per optimiser step (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per forward pass; an optimiser step sees batch-size x accumulate (default %(default)s)")
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="micro-batches whose gradients make one optimiser step (default %(default)s)")
     p.add_argument("--lr", type=float, default=lr,
                    help="peak AdamW learning rate, warmed up then cosine-decayed (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default %(default)s)")
-    p.add_argument("--label-smoothing", type=float, default=0.1,
-                   help="label smoothing of the cross-entropy term (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="label smoothing of the cross-entropy term (default: 0.1; 0 with --loss focal)")
     p.add_argument("--seed", type=int, default=0, help="random seed for order and augmentation (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimiser steps, for smoke runs (default %(default)s: no limit)")
+                   help="stop after this many optimiser steps; the schedule still spans --epochs, so --resume "
+                        "can continue the run (default %(default)s: no limit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (written after every epoch and at --max-steps)")
+    p.add_argument("--augment", default="standard", choices=("none", "standard", "strong"),
+                   help="training augmentation; strong: wider zoom, rotation and colour jitter, for teachers "
+                        "(default %(default)s)")
+    p.add_argument("--average", default="none", choices=("none", "swa", "ema"),
+                   help="keep averaged weights: swa (one snapshot per epoch from --swa-start-epoch, BatchNorm "
+                        "statistics recomputed) or ema (default %(default)s)")
+    p.add_argument("--swa-start-epoch", type=int, default=None,
+                   help="first epoch averaged by --average swa, from 1 (default: the last quarter of the epochs)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="per-step decay of --average ema (default %(default)s)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation balanced accuracy and keep the "
+                        "best epoch's weights (default %(default)s: train every epoch)")
+    p.add_argument("--amp", default="auto", choices=("off", "auto", "bf16", "fp16"),
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with loss scaling); "
+                        "the CPU always trains in fp32 (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
 
@@ -84,8 +108,15 @@ def build_parser():
                    help="fraction of groups for the validation split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default %(default)s)")
 
-    p = verb("teacher", "train a teacher (or any network) with cross-entropy")
+    p = verb("teacher", "train a teacher (or any network) with cross-entropy or focal loss")
     _train_options(p, "tf_efficientnet_lite2", epochs=6, lr=5e-4)
+    p.add_argument("--loss", default="ce", choices=("ce", "focal"),
+                   help="ce, or focal: -w_y (1 - p_y)^gamma log p_y with p the unweighted softmax "
+                        "(default %(default)s)")
+    p.add_argument("--focal-gamma", type=float, default=2.0, help="gamma of --loss focal (default %(default)s)")
+    p.add_argument("--class-weights", default="none",
+                   help="class weights w_y of either loss: none, balanced (N / (classes x n_class) on the train "
+                        "split) or one number per class in sorted label order (default %(default)s)")
 
     p = verb("distil", "distil a student from a trained teacher: a*CE + (1-a)*T^2*KL")
     _train_options(p, "tf_efficientnet_lite0", epochs=10, lr=1e-3)

@@ -7,7 +7,6 @@ and a student with different data configs see the same pixels.
 """
 import itertools
 import math
-import time
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.preprocess import normalize
+from training import losses
 from training.kd import logit
 
 
@@ -37,45 +37,79 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def augment(batch_uint8, generator, strength=1.0):
-    """Random flip, rotation, scale, shift, brightness and contrast on an NHWC uint8 batch.
+# Augmentation presets: rotation (degrees), zoom (scale = 1 + U(zoom) * strength, >1 zooms in, i.e. a
+# smaller crop), shift (fraction of the frame), brightness / contrast / saturation (relative jitter).
+# "strong" is for teachers: a wider crop-scale range (zoom up to 1.4x, about half the area), twice the
+# rotation, and colour jitter including saturation.
+AUGMENT_PRESETS = {
+    "none": None,
+    "standard": {"rotate_deg": 15.0, "zoom": (-0.1, 0.1), "shift": 0.05, "brightness": 0.2, "contrast": 0.2,
+                 "saturation": 0.0},
+    "strong": {"rotate_deg": 30.0, "zoom": (-0.1, 0.4), "shift": 0.08, "brightness": 0.3, "contrast": 0.3,
+               "saturation": 0.3},
+}
 
-    Returns float32 NCHW in [0, 1]. Black fill outside the frame matches the
-    black border that the region-of-interest step leaves.
+
+def augment(batch_uint8, generator, strength=1.0, preset="standard"):
+    """Random flip, rotation, zoom, shift and colour jitter on an NHWC uint8 batch (see AUGMENT_PRESETS).
+
+    Returns float32 NCHW in [0, 1]; ``preset="none"`` only converts. Every
+    random number comes from ``generator``, in a fixed order per preset. Black
+    fill outside the frame matches the black border that the region-of-interest
+    step leaves.
     """
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError("--augment must be one of {}, got {!r}".format("|".join(AUGMENT_PRESETS), preset))
     x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float().div_(255.0)
     x = x.contiguous(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
+    cfg = AUGMENT_PRESETS[preset]
+    if cfg is None:
+        return x
     n = x.shape[0]
 
     def uniform(lo, hi):
         return torch.rand(n, generator=generator) * (hi - lo) + lo
-    angle = uniform(-15, 15) * strength * math.pi / 180
-    scale = 1.0 + uniform(-0.1, 0.1) * strength
+    angle = uniform(-cfg["rotate_deg"], cfg["rotate_deg"]) * strength * math.pi / 180
+    scale = 1.0 + uniform(*cfg["zoom"]) * strength
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.05 * strength
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg["shift"] * strength
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    brightness = (1.0 + uniform(-0.2, 0.2) * strength).view(n, 1, 1, 1)
-    contrast = (1.0 + uniform(-0.2, 0.2) * strength).view(n, 1, 1, 1)
+    brightness = (1.0 + uniform(-cfg["brightness"], cfg["brightness"]) * strength).view(n, 1, 1, 1)
+    contrast = (1.0 + uniform(-cfg["contrast"], cfg["contrast"]) * strength).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean) * brightness
+    if cfg["saturation"]:
+        saturation = (1.0 + uniform(-cfg["saturation"], cfg["saturation"]) * strength).view(n, 1, 1, 1)
+        gray = (x * LUMA.to(x)).sum(dim=1, keepdim=True)
+        x = (x - gray) * saturation + gray
     return x.clamp_(0.0, 1.0)
 
 
-class Classify(nn.Module):
-    """Cross-entropy on one network (teacher training, or a student without a teacher)."""
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R BT.601, as torchvision's grayscale
 
-    def __init__(self, net, mean, std, label_smoothing=0.0):
+
+class Classify(nn.Module):
+    """A classification loss on one network (teacher training, or a student without a teacher).
+
+    ``criterion(logits, y)``: by default cross-entropy with ``label_smoothing``;
+    ``training.losses.build_loss`` makes the focal and class-weighted ones.
+    The part is reported as ``ce`` or ``focal`` after the criterion's kind.
+    """
+
+    def __init__(self, net, mean, std, label_smoothing=0.0, criterion=None):
         super().__init__()
         self.net, self.norm, self.label_smoothing = net, Normalize(mean, std), label_smoothing
+        self.criterion = criterion if criterion is not None else losses.CrossEntropy(None, label_smoothing)
 
     def forward(self, views, y):
         logits = self.net(self.norm(views))
-        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return {"loss": ce, "ce": ce.detach(), "logits": logits.detach()}
+        loss = self.criterion(logits.float(), y)
+        part = "focal" if isinstance(self.criterion, losses.FocalLoss) else "ce"
+        return {"loss": loss, part: loss.detach(), "logits": logits.detach()}
 
 
 class Distill(nn.Module):
@@ -111,54 +145,35 @@ class Distill(nn.Module):
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": z_s.detach()}
 
 
-def fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0,
-        log=print, on_epoch=None, max_steps=None):
-    """Train ``task`` with AdamW and a warmed-up cosine schedule; returns per-epoch history."""
-    generator = torch.Generator().manual_seed(seed)
-    device = device_of(task)
-    params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, len(images) // batch_size)
-    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    warmup = min(steps_per_epoch, max(1, total // 10))
+FIT_DEFAULTS = {
+    "accumulate": 1,          # micro-batches per optimiser step
+    "amp": "off",             # off | auto | bf16 | fp16: autocast on CUDA (GradScaler for fp16); fp32 on the CPU
+    "patience": None,         # epochs without a better val_balanced_accuracy before stopping (keeps the best)
+    "average": "none",        # none | swa | ema (training.averaging)
+    "swa_start_epoch": None,  # first averaged epoch, from 1 (default: the last quarter)
+    "ema_decay": 0.999,
+    "augment": "standard",    # an AUGMENT_PRESETS name
+    "run_dir": None,          # where last.pt is written after every epoch
+    "resume": False,          # continue from run_dir/last.pt
+}
 
-    def lr_at(step):
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    history, step = [], 0
-    for epoch in range(epochs):
-        task.train()
-        order = torch.randperm(len(images), generator=generator).numpy()
-        sums, seen, start = {}, 0, time.time()
-        for b in range(steps_per_epoch):
-            if step >= total:
-                break
-            idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
-            views = augment(images[idx], generator).to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            out = task(views, targets[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            optimizer.step()
-            step += 1
-            seen += len(idx)
-            for k, v in out.items():
-                if k != "logits":
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        record = {"epoch": epoch + 1, "images_per_s": seen / max(time.time() - start, 1e-9)}
-        record.update({k: v / max(seen, 1) for k, v in sums.items()})
-        if on_epoch is not None:
-            record.update(on_epoch(epoch + 1) or {})
-        history.append(record)
-        log("epoch {}/{}: ".format(epoch + 1, epochs) + "  ".join(
-            "{}={:.4f}".format(k, v) for k, v in record.items() if k != "epoch"))
-        if step >= total:
-            break
-    task.eval()
-    return history
+
+def fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0,
+        log=print, on_epoch=None, max_steps=None, **options):
+    """Train ``task`` with AdamW and a warmed-up cosine schedule; returns per-epoch history.
+
+    ``options`` (FIT_DEFAULTS lists them, with today's behaviour as the
+    default): gradient accumulation, mixed precision, early stopping, weight
+    averaging, the augmentation preset and resumable run folders; the loop is
+    ``training.loop``. The returned list's ``kept`` attribute says which
+    weights the task's network holds afterwards (last, best epoch, averaged).
+    """
+    unknown = sorted(set(options) - set(FIT_DEFAULTS))
+    if unknown:
+        raise TypeError("fit() got unknown options {}; known: {}".format(unknown, ", ".join(FIT_DEFAULTS)))
+    from training import loop  # it imports this module
+    return loop.run(task, images, targets, epochs, batch_size, lr, weight_decay, seed, log, on_epoch, max_steps,
+                    dict(FIT_DEFAULTS, **options))
 
 
 @torch.no_grad()

@@ -138,8 +138,18 @@ class SoftLabelDistill(nn.Module):
 
 
 def replay_fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_decay=0.05, seed=0,
-               log=print, on_epoch=None, max_steps=None, *, cache):
-    """``engine.fit``'s optimiser and schedule (AdamW, warmed-up cosine), views and labels from the cache."""
+               log=print, on_epoch=None, max_steps=None, *, cache, **options):
+    """``engine.fit``'s optimiser and schedule (AdamW, warmed-up cosine), views and labels from the cache.
+
+    Of ``engine.fit``'s other options only the defaults are supported here (the views are the cache's, so
+    ``augment`` is ignored); others are refused rather than silently dropped.
+    """
+    from training.loop import History
+    plain = {"accumulate": 1, "average": "none", "patience": None, "resume": False}  # amp: CPU runs fp32 here
+    unsupported = {k: options[k] for k in plain if options.get(k, plain[k]) != plain[k]}
+    if unsupported:
+        raise ValueError("--soft-labels trains with the plain schedule; not supported with it: {}".format(
+            ", ".join("{}={}".format(k, v) for k, v in sorted(unsupported.items()))))
     if epochs > cache.epochs:
         log("{}: {} cached epochs, training {}: views repeat from epoch {}".format(
             cache.path, cache.epochs, epochs, cache.epochs + 1))
@@ -150,7 +160,8 @@ def replay_fit(task, images, targets, epochs, batch_size=32, lr=1e-3, weight_dec
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, max(1, total // 10))
     targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    history, step = [], 0
+    history, step = History(), 0
+    history.kept = {"kept": "last weights"}
     for epoch in range(epochs):
         task.train()
         order = torch.randperm(len(images), generator=generator).numpy()

@@ -66,6 +66,22 @@ def offline_imagenet_state(name):
     return mapped
 
 
+def checkpoint_state(path):
+    """The state dict in a checkpoint file: a bare one, or under ``state_dict`` (retina-train, Lightning) or
+    ``model`` (timm's train.py, DeiT, MAE/ConvNeXt-V2 pretraining)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError("{}: not a state dict (nor one under 'state_dict' or 'model')".format(path))
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def _load_backbone(model, state, source):
     """Load a state dict, skipping the classifier when its class count differs."""
     own = model.state_dict()
@@ -98,9 +114,7 @@ def create_model(name, num_classes, image_size=224, weights="imagenet"):
         model, used = _create(name, num_classes, image_size), "none"
     elif os.path.isfile(weights):
         model = _create(name, num_classes, image_size)
-        state = torch.load(weights, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        _load_backbone(model, state, weights)
+        _load_backbone(model, checkpoint_state(weights), weights)
         used = "file:" + os.path.abspath(weights)
     else:
         raise ValueError("--weights must be imagenet, hub, none or an existing checkpoint file, got {!r}".format(weights))

@@ -16,8 +16,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from models.bundle import check_preprocess, roi_parameters
 from training import data as datalib
-from training import engine, nets, splits
+from training import engine, loop, losses, nets, splits
 from training.metrics import classification_report, format_report
 
 DATA_CAVEAT = ("fundus4: the public 'Eye Diseases Classification' compilation (IDRiD, ODIR and other "
@@ -61,16 +62,25 @@ def git_commit():
         return "unknown"
 
 
-def make_spec(image_size, mean, std, threshold=10, interpolation="area"):
-    """The preprocessing rule written into the bundle; the device applies it verbatim."""
-    return {
-        "colour_order": "RGB",
-        "roi": {"kind": "fundus_disc", "threshold": threshold, "pad": "square"},
+def make_spec(image_size, mean, std, threshold=10, interpolation="area", roi=None, colour_order="RGB"):
+    """The preprocessing rule written into the bundle; the device applies it verbatim.
+
+    ``roi``: a roi object such as ``{"kind": "retina_band", "threshold": 20, "margin": 0.1}`` (its kind's
+    other parameters are filled in from models.bundle.ROI_DEFAULTS); None is the fundus disc with
+    ``threshold``. ``colour_order`` GREY takes one mean and one std value. Checked against the bundle's
+    vocabulary here, so a wrong rule fails before training rather than at export.
+    """
+    roi = roi_parameters(roi if roi is not None else {"kind": "fundus_disc", "threshold": threshold})
+    spec = {
+        "colour_order": colour_order,
+        "roi": roi,
         "resize": {"size": [image_size, image_size], "interpolation": interpolation},
         "scale": 1.0 / 255.0,
         "mean": list(mean),
         "std": list(std),
     }
+    check_preprocess(spec)
+    return spec
 
 
 def load_split(data, fractions=None, seed=0):
@@ -225,7 +235,10 @@ def train(args, teacher_dir=None, log=print):
     torch.manual_seed(args.seed)
     samples = load_split(args.data, seed=args.seed)
     labels = sorted({s.label for s in samples})
+    if getattr(args, "label_smoothing", None) is None:  # resolved here so config.json records the value used
+        args.label_smoothing = 0.0 if getattr(args, "loss", "ce") == "focal" else 0.1
     task, net, arch, spec, weights_used, commands = build_task(args, labels, teacher_dir)
+    set_loss(args, task, samples, labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(device)
     parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
@@ -241,8 +254,9 @@ def train(args, teacher_dir=None, log=print):
     start = time.time()
     history = fit_for(args, parts, labels, log)(task, parts["train"].images, parts["train"].targets, args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         seed=args.seed, log=log, on_epoch=on_epoch, max_steps=args.max_steps)
-    metrics = {"train_seconds": round(time.time() - start, 1)}
+                         seed=args.seed, log=log, on_epoch=on_epoch, max_steps=args.max_steps,
+                         **fit_options(args))
+    metrics = {"train_seconds": round(time.time() - start, 1), "kept": history.kept}
     for name in ("val", "test"):
         if len(parts[name].samples):
             report, text, _ = evaluate_net(net, parts[name], spec, labels, "{} split ({})".format(name, arch))
@@ -250,10 +264,28 @@ def train(args, teacher_dir=None, log=print):
             log(text)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir,
-                   "weights_used": weights_used, "commit": git_commit()})
+                   "weights_used": weights_used, "commit": git_commit(),
+                   "hardware": loop.hardware(device, getattr(args, "amp", "off"))})
     save_run(args.out, net.cpu(), arch, labels, spec, config, history, metrics, commands, samples, weights_used)
     log("saved {}".format(os.path.join(args.out, "checkpoint.pt")))
     return metrics
+
+
+def set_loss(args, task, samples, labels):
+    """Give a Classify task the loss the options ask for (--loss, --focal-gamma, --class-weights)."""
+    if isinstance(task, engine.Classify):
+        train_targets = [labels.index(s.label) for s in samples if s.split == "train"]
+        task.criterion = losses.build_loss(getattr(args, "loss", "ce"), labels, train_targets,
+                                           getattr(args, "class_weights", "none"), getattr(args, "focal_gamma", 2.0),
+                                           args.label_smoothing)
+
+
+def fit_options(args):
+    """engine.fit's options from the command line (absent ones keep fit's defaults)."""
+    names = ("accumulate", "amp", "patience", "average", "swa_start_epoch", "ema_decay", "augment", "resume")
+    options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    options["run_dir"] = args.out
+    return options
 
 
 def evaluate(args, log=print):

@@ -282,3 +282,16 @@ def test_the_default_bundles_feature_map_model_gives_model_onnxs_logits_on_real_
     assert features.shape == (12, 1280, 7, 7)
     rebuilt = features.astype(np.float64).mean(axis=(2, 3)).dot(weight.T.astype(np.float64)) + bias
     assert np.abs(rebuilt - plain).max() <= 1e-4
+
+
+def test_the_heat_map_is_placed_on_the_crop_of_the_bundles_own_roi_rule():
+    from edge.preprocess import roi_box
+    from synthetic import bscan
+    grey = bscan(rows=200, cols=300, seed=3)
+    rgb = np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    band = {"kind": "retina_band", "threshold": 20, "margin": 0.1}
+    box = crop_box(rgb, band)
+    assert box == roi_box(rgb, band) and box[0] == 0 and box[2] == 300  # full width, only the band's rows
+    assert 0 < box[1] < box[3] < 200
+    assert crop_box(rgb, {"kind": "centre", "fraction": 0.5}) == (100, 50, 200, 150)
+    assert crop_box(rgb, {"kind": "none"}) == (0, 0, 300, 200)
