@@ -1,14 +1,21 @@
 """The one preprocessing definition, driven by a bundle's ``preprocess`` section.
 
-decode -> region of interest (fundus disc, square-padded) -> resize -> colour
-order -> scale, mean/std -> NCHW float32. Training's evaluation transform calls
-these same functions, and the CUDA kernel is tested against them, so a number
-measured on the workstation is the number the device reproduces.
+decode -> region of interest (``ROI_FINDERS``: fundus disc, retina band,
+centre square or the whole frame) -> grey for a ``GREY`` network -> square
+padding -> resize -> colour order -> scale, mean/std -> NCHW float32. The
+vocabulary and each rule's exact definition are in models/preprocess_spec.py.
+Training's evaluation transform calls these same functions, and the CUDA
+kernel is tested against them, so a number measured on the workstation is the
+number the device reproduces.
 
 NumPy + OpenCV, Python 3.6.
 """
+import math
+
 import cv2
 import numpy as np
+
+from models.bundle import roi_parameters
 
 _INTERPOLATION = {
     "area": cv2.INTER_AREA,
@@ -16,6 +23,8 @@ _INTERPOLATION = {
     "cubic": cv2.INTER_CUBIC,
     "nearest": cv2.INTER_NEAREST,
 }
+# network channel c reads decoded RGB channel _CHANNEL_ORDER[order][c] (GREY reads the grey image)
+_CHANNEL_ORDER = {"RGB": (0, 1, 2), "BGR": (2, 1, 0), "GREY": (0,)}
 
 # A row or column belongs to the disc when more than this fraction of its
 # pixels are brighter than the threshold; it ignores JPEG noise in the border.
@@ -46,6 +55,42 @@ def find_fundus_disc(rgb, threshold):
     return x0, y0, x1, y1
 
 
+def to_grey(rgb):
+    """OpenCV's COLOR_RGB2GRAY on uint8: (9798 R + 19235 G + 3735 B + 2^14) >> 15, the stored value of a grey
+    image (the weights sum to 2^15). OpenCV 4.6 and 5.0 agree with that formula on all 2^24 RGB triples."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def find_retina_band(rgb, threshold, margin):
+    """Box (0, y0, w, y1), exclusive ends, of the rows whose mean grey value exceeds ``threshold``, widened by
+    floor(margin * band rows) each side and clamped; None when no row does (then the frame is used)."""
+    h, w = rgb.shape[:2]
+    grey = to_grey(rgb) if rgb.ndim == 3 else rgb
+    rows = np.flatnonzero(grey.mean(axis=1) > threshold)   # float64 sums of integers: exact, then / w
+    if rows.size == 0:
+        return None
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    extra = int(math.floor(margin * (y1 - y0)))
+    return 0, max(0, y0 - extra), w, min(h, y1 + extra)
+
+
+def centre_box(h, w, fraction):
+    """Box (x0, y0, x1, y1) of the centred square of side max(1, floor(fraction * min(h, w)))."""
+    shorter = min(h, w)
+    side = max(1, min(shorter, int(math.floor(fraction * shorter))))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+# roi kind -> box finder(rgb, roi with every parameter filled in) -> (x0, y0, x1, y1) or None (whole frame)
+ROI_FINDERS = {
+    "fundus_disc": lambda rgb, roi: find_fundus_disc(rgb, roi["threshold"]),
+    "retina_band": lambda rgb, roi: find_retina_band(rgb, roi["threshold"], roi["margin"]),
+    "centre": lambda rgb, roi: centre_box(rgb.shape[0], rgb.shape[1], roi["fraction"]),
+    "none": lambda rgb, roi: None,
+}
+
+
 def pad_square(img):
     """Pad with black, centred, to a square of the longer side."""
     h, w = img.shape[:2]
@@ -55,29 +100,43 @@ def pad_square(img):
                               cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
+def roi_box(rgb, roi):
+    """The manifest's ``roi`` rule's box (x0, y0, x1, y1) on ``rgb``, or None for the whole frame."""
+    try:
+        roi = roi_parameters(roi)
+    except ValueError as exc:
+        raise ValueError("unknown roi kind or parameter: {}".format(exc))
+    return ROI_FINDERS[roi["kind"]](rgb, roi)
+
+
+def crop_roi(rgb, roi):
+    """(the crop the ``roi`` rule keeps, its box or None)."""
+    box = roi_box(rgb, roi)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        rgb = rgb[y0:y1, x0:x1]
+    return rgb, box
+
+
 def region_of_interest(rgb, roi):
     """Apply the manifest's ``roi`` rule; returns (square image, box or None)."""
-    kind = roi["kind"]
-    box = None
-    if kind == "fundus_disc":
-        box = find_fundus_disc(rgb, roi.get("threshold", 10))
-        if box is not None:
-            x0, y0, x1, y1 = box
-            rgb = rgb[y0:y1, x0:x1]
-    elif kind != "none":
-        raise ValueError("unknown roi kind {!r}".format(kind))
-    return pad_square(rgb), box
+    crop, box = crop_roi(rgb, roi)
+    return pad_square(crop), box
 
 
 def prepare(rgb, spec):
-    """RGB uint8 image -> region of interest -> resized HxWx3 uint8 (still RGB)."""
-    square, _ = region_of_interest(rgb, spec["roi"])
+    """RGB uint8 image -> region of interest -> resized HxWxC uint8: C = 3 (still RGB), or 1 (grey) for GREY."""
+    crop, _ = crop_roi(rgb, spec["roi"])
+    grey = spec["colour_order"] == "GREY"
+    if grey:
+        crop = to_grey(crop)
     h, w = spec["resize"]["size"]
-    return cv2.resize(square, (int(w), int(h)), interpolation=_INTERPOLATION[spec["resize"]["interpolation"]])
+    out = cv2.resize(pad_square(crop), (int(w), int(h)), interpolation=_INTERPOLATION[spec["resize"]["interpolation"]])
+    return out[:, :, None] if grey else out
 
 
 def normalize(prepared, spec):
-    """Resized RGB uint8 HxWx3 (or NxHxWx3) -> float32 NCHW in the manifest's colour order.
+    """Resized uint8 HxWxC (or NxHxWxC) from ``prepare`` -> float32 NCHW in the manifest's colour order.
 
     Each output value is (float32(v) * scale - mean[c]) / std[c] in float32. For uint8
     input that is looked up in a 256-entry table per channel, computed with the same
@@ -85,11 +144,11 @@ def normalize(prepared, spec):
     arithmetic below, at a quarter of its cost (0.2 ms against 0.8 ms at 224x224).
     """
     batch = prepared[None] if prepared.ndim == 3 else prepared
-    order = (2, 1, 0) if spec["colour_order"] == "BGR" else (0, 1, 2)
+    order = _CHANNEL_ORDER[spec["colour_order"]]
     if batch.dtype != np.uint8:
         return _normalize_arithmetic(batch, order, spec)
-    tables = _scale_shift(np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1), spec)  # 256 x 3
-    out = np.empty((batch.shape[0], 3) + batch.shape[1:3], np.float32)
+    tables = _scale_shift(np.repeat(np.arange(256, dtype=np.float32)[:, None], len(order), axis=1), spec)  # 256 x C
+    out = np.empty((batch.shape[0], len(order)) + batch.shape[1:3], np.float32)
     for c, src in enumerate(order):
         np.take(tables[:, c], batch[..., src], out=out[:, c], mode="clip")
     return out
@@ -108,7 +167,7 @@ def _normalize_arithmetic(batch, order, spec):
 
 
 def preprocess(rgb, spec):
-    """The reference: RGB uint8 image -> 1x3xHxW float32 network input."""
+    """The reference: RGB uint8 image -> 1xCxHxW float32 network input (C = 1 for GREY, else 3)."""
     return normalize(prepare(rgb, spec), spec)
 
 
@@ -128,7 +187,7 @@ class HostPreprocessor(object):
         self.dtype = np.dtype(dtype)
 
     def prepare(self, rgb):
-        """RGB uint8 HxWx3 -> 1x3xHxW network input (host memory)."""
+        """RGB uint8 HxWx3 -> 1xCxHxW network input (host memory; C = 1 for a GREY bundle)."""
         return preprocess(rgb, self.spec).astype(self.dtype, copy=False)
 
     def collate(self, prepared):

@@ -27,21 +27,29 @@ model.onnx with the last feature map (before global pooling) as a second
 output; ``classifier.json`` holds the final layer's ``weight`` [classes, C] and
 ``bias`` [classes] (and the ``labels`` its rows are in). An explain object made from another model.onnx is refused.
 
+The ``preprocess`` section's vocabulary (``colour_order`` RGB/BGR/GREY with
+``input.shape[1]`` 3/3/1 and as many ``mean``/``std`` values; ``roi.kind``
+fundus_disc/retina_band/centre/none with their parameters and defaults in
+``ROI_DEFAULTS``; ``resize.interpolation``) lives in ``models/preprocess_spec.py``,
+whose docstring gives each rule exactly; this module re-exports its constants.
+
 Standard library and Python 3.6 only: both ``training`` and ``edge`` import it.
 """
 import hashlib
 import json
 import os
 
+# the preprocessing vocabulary (colour orders, ROI kinds and their parameters, interpolations): defined in
+# models/preprocess_spec.py, whose docstring documents it, and re-exported here
+from models.preprocess_spec import (CHANNELS, COLOUR_ORDERS, INTERPOLATIONS, ROI_DEFAULTS, ROI_KINDS,  # noqa: F401
+                                    PreprocessError, channels, check_preprocess, describe, roi_parameters)
+
 SCHEMA = "retina-edge/bundle"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 ONNX_NAME = "model.onnx"
 
-COLOUR_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW",)
-ROI_KINDS = ("fundus_disc", "none")
-INTERPOLATIONS = ("area", "linear", "cubic", "nearest")
 # what the model was trained on (optional field "modality"; bundles without it are fundus models)
 MODALITIES = ("fundus", "oct")
 DEFAULT_MODALITY = "fundus"
@@ -144,28 +152,18 @@ def _check_values(m, where):
     shape = m["input"]["shape"]
     if len(shape) != 4 or not all(_is_number(d) and isinstance(d, int) and d > 0 for d in shape):
         raise bad("input.shape", "must be four positive integers [N, C, H, W]")
-    if shape[1] != 3:
-        raise bad("input.shape", "must have 3 channels, has {}".format(shape[1]))
     if m["input"]["layout"] not in LAYOUTS:
         raise bad("input.layout", "must be one of {}".format(LAYOUTS))
     if m["input"]["dtype"] != "float32":
         raise bad("input.dtype", "must be float32")
     pre = m["preprocess"]
-    if pre["colour_order"] not in COLOUR_ORDERS:
-        raise bad("preprocess.colour_order", "must be one of {}".format(COLOUR_ORDERS))
-    if pre["roi"]["kind"] not in ROI_KINDS:
-        raise bad("preprocess.roi.kind", "must be one of {}".format(ROI_KINDS))
-    if pre["resize"]["interpolation"] not in INTERPOLATIONS:
-        raise bad("preprocess.resize.interpolation", "must be one of {}".format(INTERPOLATIONS))
+    try:
+        check_preprocess(pre, input_channels=shape[1])
+    except PreprocessError as exc:
+        raise bad(exc.field, exc.problem)
     if list(pre["resize"]["size"]) != list(shape[2:]):
         raise bad("preprocess.resize.size", "{} does not match input.shape H, W {}".format(
             pre["resize"]["size"], shape[2:]))
-    for key in ("mean", "std"):
-        values = pre[key]
-        if len(values) != 3 or not all(_is_number(v) for v in values):
-            raise bad("preprocess." + key, "must be three numbers")
-    if any(v <= 0 for v in pre["std"]):
-        raise bad("preprocess.std", "must be positive")
     outputs = m["outputs"]
     if not outputs or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
         raise bad("outputs", "must be a non-empty list of {name: ...} objects")

@@ -1,6 +1,8 @@
 """A short model card written next to the bundle, from the manifest alone."""
 import os
 
+from models.bundle import describe as describe_preprocess
+
 
 def _pct(x):
     return "{:.1f} %".format(100.0 * x)
@@ -38,11 +40,7 @@ def render(manifest, reports=()):
             manifest["model"]["architecture"], manifest["model"].get("parameters", 0), manifest["model"]["opset"],
             manifest["input"]["name"], manifest["input"]["shape"], manifest["input"]["dtype"],
             manifest["input"]["layout"], ", ".join(manifest["labels"])),
-        "Preprocessing: fundus-disc crop (threshold {}) padded square, resize to {} ({}), {} order, "
-        "scale 1/255, mean {}, std {}.".format(
-            manifest["preprocess"]["roi"].get("threshold"), manifest["preprocess"]["resize"]["size"],
-            manifest["preprocess"]["resize"]["interpolation"], manifest["preprocess"]["colour_order"],
-            manifest["preprocess"]["mean"], manifest["preprocess"]["std"]),
+        "Preprocessing: " + describe_preprocess(manifest["preprocess"]),
         "Starting weights: {}.".format(prov.get("weights") or "see commands"),
         "",
         "**Data.** {} images from `{}`. Licence: {}.".format(

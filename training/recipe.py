@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from models.bundle import check_preprocess, roi_parameters
 from training import data as datalib
 from training import engine, nets, splits
 from training.metrics import classification_report, format_report
@@ -61,16 +62,25 @@ def git_commit():
         return "unknown"
 
 
-def make_spec(image_size, mean, std, threshold=10, interpolation="area"):
-    """The preprocessing rule written into the bundle; the device applies it verbatim."""
-    return {
-        "colour_order": "RGB",
-        "roi": {"kind": "fundus_disc", "threshold": threshold, "pad": "square"},
+def make_spec(image_size, mean, std, threshold=10, interpolation="area", roi=None, colour_order="RGB"):
+    """The preprocessing rule written into the bundle; the device applies it verbatim.
+
+    ``roi``: a roi object such as ``{"kind": "retina_band", "threshold": 20, "margin": 0.1}`` (its kind's
+    other parameters are filled in from models.bundle.ROI_DEFAULTS); None is the fundus disc with
+    ``threshold``. ``colour_order`` GREY takes one mean and one std value. Checked against the bundle's
+    vocabulary here, so a wrong rule fails before training rather than at export.
+    """
+    roi = roi_parameters(roi if roi is not None else {"kind": "fundus_disc", "threshold": threshold})
+    spec = {
+        "colour_order": colour_order,
+        "roi": roi,
         "resize": {"size": [image_size, image_size], "interpolation": interpolation},
         "scale": 1.0 / 255.0,
         "mean": list(mean),
         "std": list(std),
     }
+    check_preprocess(spec)
+    return spec
 
 
 def load_split(data, fractions=None, seed=0):

@@ -12,7 +12,7 @@
 - The tests bring a fourth: the same source built with g++ for the host (tests/gpu_hostemu).
 
 ``args`` are Python numbers in the order of the kernel's parameters; SIGNATURES says how each is
-passed ("P" a device pointer, "i" int32, "f" float32), so the loaders cannot disagree. Nothing is
+passed ("P" a device pointer, "i" int32, "f" float32, "d" float64), so the loaders cannot disagree. Nothing is
 imported or compiled at import time.
 """
 import os
@@ -25,11 +25,11 @@ SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preproce
 
 # kernel -> parameter kinds, in order (struct-module letters, as pycuda's prepare() takes them)
 SIGNATURES = {
-    "re_roi_counts": "PiiiiiPP",
-    "re_roi_plan": "PPiiiiiiPPP",
-    "re_resize_normalize": "PiiPPPPiiiifffffff",
+    "re_roi_counts": "PiiiiiiiPP",
+    "re_roi_plan": "PPiiiiiidddPPP",
+    "re_resize_normalize": "PiiPPPPiiiiifffffff",
 }
-_NUMPY = {"P": np.uint64, "i": np.int32, "f": np.float32}
+_NUMPY = {"P": np.uint64, "i": np.int32, "f": np.float32, "d": np.float64}
 _DEFINE = re.compile(r"^#define\s+(RE_[A-Z0-9_]+)\s+(-?\d+)\b", re.MULTILINE)
 INSTALL_HINT = ("the CUDA pre-processing kernel needs pycuda (Jetson), CuPy (`pip install cupy-cuda12x`) "
                 "or cuda-python's NVRTC on a desktop GPU")
@@ -54,7 +54,7 @@ def pack_args(name, args):
     kinds = SIGNATURES[name]
     if len(args) != len(kinds):
         raise KernelError("{} takes {} arguments, got {}".format(name, len(kinds), len(args)))
-    return [_NUMPY[k](int(a) if k != "f" else a) for k, a in zip(kinds, args)]
+    return [_NUMPY[k](a if k in "fd" else int(a)) for k, a in zip(kinds, args)]
 
 
 class LoadedKernels(object):

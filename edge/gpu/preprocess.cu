@@ -1,14 +1,17 @@
 // The bundle's preprocessing rule on the GPU: edge/preprocess.py (the reference) reproduced bit for bit.
 //
 //   uint8 HWC image (RGB, BGR or grey; any size; any row pitch)
-//   -> fundus-disc region of interest   re_roi_counts (bright pixels per row/column, a block reduction)
-//                                        + re_roi_plan (the box, the padded square, the resize taps)
+//   -> region of interest                re_roi_counts (per row/column: bright pixels for the fundus disc,
+//                                          grey sums per row for the retina band; a block reduction)
+//                                        + re_roi_plan (the box, the padded square, the resize taps; the
+//                                          centre square and the whole frame need no counts)
 //   -> square padding, never built: the resize indexes into it (black outside the crop)
-//   -> cv2.resize (INTER_AREA, INTER_LINEAR or INTER_NEAREST on uint8, OpenCV 4.x's arithmetic)
+//   -> cv2.resize (INTER_AREA, INTER_LINEAR or INTER_NEAREST on uint8, OpenCV 4.x's arithmetic), of
+//      the colour image or of its grey (COLOR_RGB2GRAY, computed per tap) for a one-channel network
 //   -> manifest colour order -> scale, mean/std -> NCHW float32 or float16 at a batch slot
 //                                        re_resize_normalize
 //
-// Three launches per image on one stream; the host never waits in between. Plain C++14 device
+// Up to three launches per image on one stream; the host never waits in between. Plain C++14 device
 // code with no includes, so it compiles with nvcc -c, with pycuda (the Jetson's own CUDA 10.2 at
 // run time), with NVRTC (CuPy RawModule) and, under tests/gpu_hostemu's shim, with g++ for the
 // host emulation the unit tests run. Rules that keep those builds faithful:
@@ -24,9 +27,13 @@
 #define RE_ROI_ROWS 32          // rows per block of re_roi_counts: one bit each in a 32-bit mask
 #define RE_PLAN_THREADS 256     // threads of the single block of re_roi_plan
 
-// manifest codes (edge/gpu/kernel.py holds the same numbers)
+// manifest codes (edge/gpu/preprocess.py holds the same numbers)
 #define RE_ROI_NONE 0
 #define RE_ROI_FUNDUS 1
+#define RE_ROI_BAND 2           // retina_band
+#define RE_ROI_CENTRE 3
+#define RE_MEASURE_BRIGHT 0     // re_roi_counts: pixels whose brightest channel > threshold, per row and column
+#define RE_MEASURE_GREY 1       // re_roi_counts: sum of the grey values per row
 #define RE_INTERP_NEAREST 0
 #define RE_INTERP_LINEAR 1
 #define RE_INTERP_AREA 2
@@ -45,7 +52,7 @@
 #define RE_PLAN_SIDE 4          // the padded square's side; square (py, px) = crop (py - top, px - left)
 #define RE_PLAN_TOP 5
 #define RE_PLAN_LEFT 6
-#define RE_PLAN_FOUND 7         // 1: a disc was found; 0: the whole frame is used
+#define RE_PLAN_FOUND 7         // 1: the rule cropped (disc, band, centre square); 0: the whole frame
 #define RE_PLAN_MODE 8
 #define RE_PLAN_ISCALE_X 9
 #define RE_PLAN_ISCALE_Y 10
@@ -83,23 +90,38 @@ __device__ __forceinline__ unsigned short re_f32_to_f16(float f)
     return (unsigned short)(sign | h);
 }
 
-// ---- 1. bright pixels per row and per column ------------------------------------------------------
+// OpenCV's COLOR_RGB2GRAY on uint8 (RGB2Gray<uchar> of imgproc/src/color_rgb.simd.hpp, 15-bit weights
+// that sum to 2^15, so a grey pixel keeps its value); checked against cv2 4.6 and 5.0 on all 2^24 triples.
+// rgb_map: bits 0-1 / 2-3 / 4-5 = the source channel holding R / G / B.
+__device__ __forceinline__ int re_grey(const unsigned char* p, int channels, int rgb_map)
+{
+    if (channels == 1) return p[0];
+    return (p[rgb_map & 3] * 9798 + p[(rgb_map >> 2) & 3] * 19235 + p[(rgb_map >> 4) & 3] * 3735 + 16384) >> 15;
+}
+
+// ---- 1. bright pixels per row and per column, or grey sums per row ------------------------------------------------------
 // Grid (ceil(width / RE_ROI_THREADS), ceil(height / RE_ROI_ROWS)); row_count/col_count zeroed first.
-// Each thread walks one column of a 32-row strip (coalesced loads), keeps its bright rows as bits,
-// adds its column count atomically; the block then counts each row's bits through shared memory.
+// Each thread walks one column of a 32-row strip (coalesced loads). RE_MEASURE_BRIGHT: it keeps its
+// bright rows as bits and adds its column count atomically; RE_MEASURE_GREY: it keeps its 32 grey
+// values in shared memory (col_count unused). The block then adds up each row through shared memory.
+// Row sums are exact integers (at most 255 x width), as numpy's float64 sum of the grey row is.
 extern "C" __global__ void re_roi_counts(const unsigned char* src, int pitch, int width, int height,
-                                         int channels, int threshold,
+                                         int channels, int measure, int threshold, int rgb_map,
                                          unsigned int* row_count, unsigned int* col_count)
 {
     __shared__ unsigned int bits[RE_ROI_THREADS];
+    __shared__ unsigned char grey[RE_ROI_ROWS][RE_ROI_THREADS + 4];   // + 4: rows a bank apart
     __shared__ unsigned int partial[RE_ROI_THREADS / 32][32];
     const int tid = threadIdx.x;
     const int x = blockIdx.x * RE_ROI_THREADS + tid;
     const int y0 = blockIdx.y * RE_ROI_ROWS;
+    const int rows = x < width ? min(RE_ROI_ROWS, height - y0) : 0;
     unsigned int mask = 0u, column = 0u;
-    if (x < width) {
-        const int rows = min(RE_ROI_ROWS, height - y0);
-        const unsigned char* p = src + (size_t)y0 * pitch + (size_t)x * channels;
+    const unsigned char* p = src + (size_t)y0 * pitch + (size_t)x * channels;
+    if (measure == RE_MEASURE_GREY) {
+        for (int r = 0; r < RE_ROI_ROWS; ++r, p += pitch)
+            grey[r][tid] = (unsigned char)(r < rows ? re_grey(p, channels, rgb_map) : 0);
+    } else {
         for (int r = 0; r < rows; ++r, p += pitch) {
             int v = p[0];
             if (channels == 3) v = max(v, max((int)p[1], (int)p[2]));   // the same max for RGB and BGR
@@ -109,10 +131,13 @@ extern "C" __global__ void re_roi_counts(const unsigned char* src, int pitch, in
     }
     bits[tid] = mask;
     __syncthreads();
-    {   // thread (chunk, r) counts bit r over the 32 masks of its chunk: one warp reads one mask at a time
+    {   // thread (chunk, r) adds up row r over the 32 columns of its chunk
         const int r = tid & 31, chunk = tid >> 5;
         unsigned int n = 0u;
-        for (int t = 0; t < 32; ++t) n += (bits[chunk * 32 + t] >> r) & 1u;
+        if (measure == RE_MEASURE_GREY)
+            for (int t = 0; t < 32; ++t) n += grey[r][chunk * 32 + t];
+        else
+            for (int t = 0; t < 32; ++t) n += (bits[chunk * 32 + t] >> r) & 1u;
         partial[chunk][r] = n;
     }
     __syncthreads();
@@ -181,37 +206,71 @@ __device__ void re_axis_entry(int mode, int d, int size, int out, int iscale, in
     else e[0] = min(re_floor_d(__dmul_rn((double)d, scale)), size - 1);  // resizeNN: floor(d * (1/fx))
 }
 
-// One block of RE_PLAN_THREADS threads. Finds the disc box (or takes the frame), the square, the
-// resize mode OpenCV would take for that square, and the per-column / per-row taps.
+// Is row/column `line` (its count from re_roi_counts) part of the region? The fundus disc: more than 2 %
+// of `across` pixels bright (see RE_LINE_DENOMINATOR). The retina band: its mean grey value, numpy's
+// float64 sum / width (exact sum, one rounded division), above the threshold.
+__device__ __forceinline__ int re_line_in(int roi_kind, unsigned int count, int across, double band_threshold)
+{
+    if (roi_kind == RE_ROI_BAND) return __ddiv_rn((double)count, (double)across) > band_threshold;
+    return (long long)RE_LINE_DENOMINATOR * count > across;
+}
+
+// The crop [x0, x1) x [y0, y1) from the lines found (box: first row, last row, first column, last column;
+// -1 when none), as edge.preprocess's ROI_FINDERS computes it; returns 1 when a region was found.
+__device__ int re_crop(int roi_kind, const int* box, int width, int height, double margin, double fraction, int* c)
+{
+    c[0] = 0; c[1] = 0; c[2] = width; c[3] = height;
+    if (roi_kind == RE_ROI_FUNDUS && box[1] >= 0 && box[3] >= 0) {
+        const long long area = (long long)(box[1] + 1 - box[0]) * (box[3] + 1 - box[2]);
+        // Python's `area < 0.1 * h * w`: two float64 products, then an exact int/float compare
+        const double limit = __dmul_rn(__dmul_rn(0.1, (double)height), (double)width);
+        if ((double)area < limit) return 0;
+        c[0] = box[2]; c[1] = box[0]; c[2] = box[3] + 1; c[3] = box[1] + 1;
+        return 1;
+    }
+    if (roi_kind == RE_ROI_BAND && box[1] >= 0) {     // floor(margin * band rows) more each side, clamped
+        const int extra = re_floor_d(__dmul_rn(margin, (double)(box[1] + 1 - box[0])));
+        c[1] = max(0, box[0] - extra); c[3] = min(height, box[1] + 1 + extra);
+        return 1;
+    }
+    if (roi_kind == RE_ROI_CENTRE) {                  // max(1, min(m, floor(fraction * m))), m = min(h, w)
+        const int shorter = min(width, height);
+        const int side = max(1, min(shorter, re_floor_d(__dmul_rn(fraction, (double)shorter))));
+        c[0] = (width - side) / 2; c[1] = (height - side) / 2; c[2] = c[0] + side; c[3] = c[1] + side;
+        return 1;
+    }
+    return 0;
+}
+
+// One block of RE_PLAN_THREADS threads. Finds the region's lines (fundus disc, retina band), the crop
+// (or the whole frame), the square, the resize mode OpenCV would take for it, and the per-column /
+// per-row taps.
 extern "C" __global__ void re_roi_plan(const unsigned int* row_count, const unsigned int* col_count,
                                        int width, int height, int roi_kind, int out_w, int out_h,
-                                       int interp, int* plan, int* xtab, int* ytab)
+                                       int interp, double band_threshold, double margin, double fraction,
+                                       int* plan, int* xtab, int* ytab)
 {
     __shared__ int box[4];            // first row, last row, first column, last column
     const int tid = threadIdx.x;
     if (tid == 0) { box[0] = height; box[1] = -1; box[2] = width; box[3] = -1; }
     __syncthreads();
-    if (roi_kind == RE_ROI_FUNDUS) {
+    if (roi_kind == RE_ROI_FUNDUS || roi_kind == RE_ROI_BAND) {
         int lo = height, hi = -1;
         for (int y = tid; y < height; y += blockDim.x)
-            if ((long long)RE_LINE_DENOMINATOR * row_count[y] > width) { lo = min(lo, y); hi = max(hi, y); }
+            if (re_line_in(roi_kind, row_count[y], width, band_threshold)) { lo = min(lo, y); hi = max(hi, y); }
         if (hi >= 0) { atomicMin(&box[0], lo); atomicMax(&box[1], hi); }
-        lo = width; hi = -1;
+    }
+    if (roi_kind == RE_ROI_FUNDUS) {
+        int lo = width, hi = -1;
         for (int x = tid; x < width; x += blockDim.x)
-            if ((long long)RE_LINE_DENOMINATOR * col_count[x] > height) { lo = min(lo, x); hi = max(hi, x); }
+            if (re_line_in(roi_kind, col_count[x], height, band_threshold)) { lo = min(lo, x); hi = max(hi, x); }
         if (hi >= 0) { atomicMin(&box[2], lo); atomicMax(&box[3], hi); }
     }
     __syncthreads();
     // every thread derives the same plan from the shared box
-    int x0 = 0, y0 = 0, x1 = width, y1 = height, found = 0;
-    if (box[1] >= 0 && box[3] >= 0) {
-        const long long area = (long long)(box[1] + 1 - box[0]) * (box[3] + 1 - box[2]);
-        // Python's `area < 0.1 * h * w`: two float64 products, then an exact int/float compare
-        const double limit = __dmul_rn(__dmul_rn(0.1, (double)height), (double)width);
-        if (!((double)area < limit)) {
-            y0 = box[0]; y1 = box[1] + 1; x0 = box[2]; x1 = box[3] + 1; found = 1;
-        }
-    }
+    int crop[4];
+    const int found = re_crop(roi_kind, box, width, height, margin, fraction, crop);
+    const int x0 = crop[0], y0 = crop[1], x1 = crop[2], y1 = crop[3];
     const int cw = x1 - x0, ch = y1 - y0, side = max(cw, ch);
     // hal::resize's choice of path for a side x side -> out_h x out_w resize
     const double scale_x = __ddiv_rn(1.0, __ddiv_rn((double)out_w, (double)side));
@@ -241,9 +300,15 @@ extern "C" __global__ void re_roi_plan(const unsigned int* row_count, const unsi
 
 // ---- 3. resize + colour order + normalise ----------------------------------------------------------
 // The padded square, read in place: square row sy / column sx -> source pixel, or black.
+// grey: a one-channel network reads each pixel's COLOR_RGB2GRAY (rgb_map says where R, G, B are).
 struct ReSquare {
     const unsigned char* src;
-    int pitch, channels, x0, y0, cw, ch, top, left;
+    int pitch, channels, x0, y0, cw, ch, top, left, grey, rgb_map;
+
+    __device__ int at(const unsigned char* row, int o, int c) const   // channel c of the pixel at row + o
+    {
+        return grey ? re_grey(row + o, channels, rgb_map) : row[o + c];
+    }
 
     __device__ const unsigned char* row(int sy) const      // null for a padding row
     {
@@ -272,7 +337,7 @@ __device__ void re_area_pixel(const ReSquare& sq, const int* ex, const int* ey, 
             const int o = sq.offset(ex[0] + k);
             if (o < 0) continue;
             const float alpha = __int_as_float((k == 0 && (ex[2] & 1)) ? ex[3] : (k == ex[1] - 1 && (ex[2] & 2)) ? ex[5] : ex[4]);
-            for (int c = 0; c < nc; ++c) buf[c] = __fadd_rn(buf[c], __fmul_rn((float)row[o + c], alpha));
+            for (int c = 0; c < nc; ++c) buf[c] = __fadd_rn(buf[c], __fmul_rn((float)sq.at(row, o, c), alpha));
         }
         for (int c = 0; c < nc; ++c) sum[c] = __fadd_rn(sum[c], __fmul_rn(beta, buf[c]));
     }
@@ -288,7 +353,7 @@ __device__ void re_area_fast_pixel(const ReSquare& sq, const int* ex, const int*
         if (!row) continue;
         for (int k = 0; k < ex[1]; ++k) {
             const int o = sq.offset(ex[0] + k);
-            if (o >= 0) for (int c = 0; c < nc; ++c) sum[c] += row[o + c];
+            if (o >= 0) for (int c = 0; c < nc; ++c) sum[c] += sq.at(row, o, c);
         }
     }
     const int area = ex[1] * ey[1];
@@ -307,8 +372,8 @@ __device__ void re_linear_pixel(const ReSquare& sq, const int* ex, const int* ey
     int h[2][3];
     for (int r = 0; r < 2; ++r)
         for (int c = 0; c < nc; ++c) {
-            const int p0 = (rows[r] && o0 >= 0) ? rows[r][o0 + c] : 0;
-            const int p1 = (rows[r] && o1 >= 0) ? rows[r][o1 + c] : 0;
+            const int p0 = (rows[r] && o0 >= 0) ? sq.at(rows[r], o0, c) : 0;
+            const int p1 = (rows[r] && o1 >= 0) ? sq.at(rows[r], o1, c) : 0;
             h[r][c] = p0 * ex[2] + p1 * ex[3];
         }
     for (int c = 0; c < nc; ++c)
@@ -319,16 +384,17 @@ __device__ void re_nearest_pixel(const ReSquare& sq, const int* ex, const int* e
 {
     const unsigned char* row = sq.row(ey[0]);
     const int o = sq.offset(ex[0]);
-    for (int c = 0; c < nc; ++c) px[c] = (row && o >= 0) ? row[o + c] : (unsigned char)0;
+    for (int c = 0; c < nc; ++c) px[c] = (row && o >= 0) ? (unsigned char)sq.at(row, o, c) : (unsigned char)0;
 }
 
 // Grid (ceil(out_w / blockDim.x), ceil(out_h / blockDim.y)); one thread per output pixel, all channels.
-// chan_map: bits 2c..2c+1 = the source channel of output channel c (colour orders folded in by the host).
-// out: this image's slot (NCHW, 3 x out_h x out_w) of float32 (out_half 0) or float16 (1).
+// chan_map: bits 2c..2c+1 = the source channel of output channel c (colour orders folded in by the host);
+// for out_channels 1 (GREY) the source channels of R, G and B.
+// out: this image's slot (NCHW, out_channels x out_h x out_w) of float32 (out_half 0) or float16 (1).
 extern "C" __global__ void re_resize_normalize(const unsigned char* src, int pitch, int channels,
                                                const int* plan, const int* xtab, const int* ytab,
                                                void* out, int out_w, int out_h, int out_half, int chan_map,
-                                               float scale, float mean0, float mean1, float mean2,
+                                               int out_channels, float scale, float mean0, float mean1, float mean2,
                                                float std0, float std1, float std2)
 {
     const int dx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -339,9 +405,11 @@ extern "C" __global__ void re_resize_normalize(const unsigned char* src, int pit
     sq.x0 = plan[RE_PLAN_X0]; sq.y0 = plan[RE_PLAN_Y0];
     sq.cw = plan[RE_PLAN_X1] - sq.x0; sq.ch = plan[RE_PLAN_Y1] - sq.y0;
     sq.top = plan[RE_PLAN_TOP]; sq.left = plan[RE_PLAN_LEFT];
+    sq.grey = out_channels == 1 && channels == 3; sq.rgb_map = chan_map;
     const int* ex = xtab + dx * RE_TAB_INTS;
     const int* ey = ytab + dy * RE_TAB_INTS;
-    const int nc = channels == 1 ? 1 : 3;    // grey is resized once: its three channels are equal
+    // grey is resized once: a grey image's three channels are equal, and a GREY network takes one
+    const int nc = (channels == 1 || out_channels == 1) ? 1 : 3;
     unsigned char px[3] = {0, 0, 0};
     const int mode = plan[RE_PLAN_MODE];
     if (mode == RE_MODE_AREA) re_area_pixel(sq, ex, ey, nc, px);
@@ -351,7 +419,7 @@ extern "C" __global__ void re_resize_normalize(const unsigned char* src, int pit
 
     const float mean[3] = {mean0, mean1, mean2}, stdv[3] = {std0, std1, std2};
     const size_t plane = (size_t)out_w * out_h, at = (size_t)dy * out_w + dx;
-    for (int c = 0; c < 3; ++c) {
+    for (int c = 0; c < out_channels; ++c) {
         const int s = nc == 1 ? 0 : (chan_map >> (2 * c)) & 3;
         // numpy's order: x * float32(scale), then -= mean, then /= std, each rounded to float32
         const float v = __fdiv_rn(__fsub_rn(__fmul_rn((float)px[s], scale), mean[c]), stdv[c]);

@@ -6,7 +6,7 @@
 
 Same interface as edge.preprocess.HostPreprocessor: ``prepare`` runs on a worker thread (CPU only),
 ``collate`` on the inference thread, on the backend's stream: per image, a copy into pinned staging,
-an asynchronous upload, and preprocess.cu's three kernels writing batch slot i of ``out_ptr``. The
+an asynchronous upload, and preprocess.cu's kernels writing batch slot i of ``out_ptr``. The
 host never waits for the GPU except to reuse a staging buffer whose upload is still running.
 
 Every buffer is allocated when the preprocessor is built, sized for ``max_input_bytes`` (default:
@@ -20,9 +20,13 @@ import math
 import numpy as np
 
 from edge.io.decode import ImageError
+from models.bundle import CHANNELS, PreprocessError, roi_parameters
 
-INTERPOLATIONS = {"nearest": 0, "linear": 1, "area": 2}     # RE_INTERP_* in preprocess.cu
-ROI_KINDS = {"none": 0, "fundus_disc": 1}                  # RE_ROI_*
+# the manifest's names (models/preprocess_spec.py) -> preprocess.cu's codes; cubic is not in the kernel
+INTERPOLATIONS = {"nearest": 0, "linear": 1, "area": 2}                          # RE_INTERP_*
+ROI_KINDS = {"none": 0, "fundus_disc": 1, "retina_band": 2, "centre": 3}         # RE_ROI_*
+# what re_roi_counts measures for a kind (RE_MEASURE_*); kinds not listed need no counts
+ROI_MEASURES = {"fundus_disc": 0, "retina_band": 1}
 OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 DEFAULT_MAX_INPUT_BYTES = 4000 * 3000 * 3
 DEFAULT_MAX_SIDE = 8192
@@ -47,32 +51,43 @@ class KernelSettings(object):
         if interpolation not in INTERPOLATIONS:
             raise PreprocessSpecError("the CUDA kernel resizes with {}; the bundle asks for {!r}".format(
                 ", ".join(sorted(INTERPOLATIONS)), interpolation))
-        roi = spec.get("roi", {"kind": "none"})
-        if roi.get("kind") not in ROI_KINDS:
+        try:
+            roi = roi_parameters(spec.get("roi", {"kind": "none"}))
+        except PreprocessError as exc:
+            raise PreprocessSpecError("the CUDA kernel knows roi kinds {} and their parameters; {}".format(
+                ", ".join(sorted(ROI_KINDS)), exc))
+        if roi["kind"] not in ROI_KINDS:
             raise PreprocessSpecError("the CUDA kernel knows roi kinds {}; the bundle asks for {!r}".format(
-                ", ".join(sorted(ROI_KINDS)), roi.get("kind")))
-        if roi.get("pad", "square") != "square":
-            raise PreprocessSpecError("the CUDA kernel pads to a square; the bundle asks for {!r}".format(roi["pad"]))
-        if spec.get("colour_order") not in ("RGB", "BGR"):
-            raise PreprocessSpecError("colour_order must be RGB or BGR, not {!r}".format(spec.get("colour_order")))
-        if len(spec["mean"]) != 3 or len(spec["std"]) != 3:
-            raise PreprocessSpecError("mean and std need 3 values each")
+                ", ".join(sorted(ROI_KINDS)), roi["kind"]))
+        self.colour_order = spec.get("colour_order")
+        if self.colour_order not in CHANNELS:
+            raise PreprocessSpecError("colour_order must be one of {}, not {!r}".format(
+                ", ".join(sorted(CHANNELS)), self.colour_order))
+        self.channels = CHANNELS[self.colour_order]
+        if len(spec["mean"]) != self.channels or len(spec["std"]) != self.channels:
+            raise PreprocessSpecError("mean and std need {} value(s) each for colour_order {}".format(
+                self.channels, self.colour_order))
         self.out_h, self.out_w = (int(v) for v in resize["size"])
         self.interp = INTERPOLATIONS[interpolation]
         self.roi = ROI_KINDS[roi["kind"]]
-        # uint8 v > t  <=>  v > floor(t): the kernel compares integers
-        self.threshold = int(min(255, max(-1, math.floor(roi.get("threshold", 10)))))
-        self.colour_order = spec["colour_order"]
-        # the reference's float32 constants (np.float32(scale), float32 mean/std arrays)
+        self.measure = ROI_MEASURES.get(roi["kind"])       # None: re_roi_counts is not launched
+        # uint8 v > t  <=>  v > floor(t): the kernel compares integers (fundus disc)
+        self.threshold = int(min(255, max(-1, math.floor(roi.get("threshold", 0)))))
+        # the reference's float64 parameters, compared and multiplied in double precision (band, centre)
+        self.band_threshold = float(roi.get("threshold", 0))
+        self.margin = float(roi.get("margin", 0))
+        self.fraction = float(roi.get("fraction", 1))
+        # the reference's float32 constants (np.float32(scale), float32 mean/std arrays), padded to 3
         self.scale = np.float32(spec["scale"])
-        self.mean = [np.float32(v) for v in spec["mean"]]
-        self.std = [np.float32(v) for v in spec["std"]]
+        self.mean = [np.float32(v) for v in spec["mean"]] + [np.float32(0)] * (3 - self.channels)
+        self.std = [np.float32(v) for v in spec["std"]] + [np.float32(1)] * (3 - self.channels)
 
-    def chan_map(self, input_order):
-        """Output channel c (manifest order) reads source channel bits[2c:2c+2]."""
+    def chan_map(self, input_order, colour_order=None):
+        """Output channel c (``colour_order``, default the manifest's) reads source channel bits[2c:2c+2].
+        With colour_order RGB (and for GREY): the source channels of R, G and B, which the grey value weighs."""
         value = 0
         for c in range(3):
-            rgb = c if self.colour_order == "RGB" else 2 - c
+            rgb = 2 - c if (colour_order or self.colour_order) == "BGR" else c
             source = rgb if input_order == "RGB" else (2 - rgb if input_order == "BGR" else 0)
             value |= source << (2 * c)
         return value
@@ -115,7 +130,7 @@ class CudaPreprocessor(object):
         self.kernels = kernels
         self.defines = kernels.defines
         s = self.settings
-        self.slot_bytes = 3 * s.out_h * s.out_w * self.out_dtype.itemsize
+        self.slot_bytes = s.channels * s.out_h * s.out_w * self.out_dtype.itemsize
         # fixed scratch: plan, per-column and per-row taps
         tab_bytes = 4 * self.defines["RE_TAB_INTS"]
         self.plan = runtime.alloc(4 * self.defines["RE_PLAN_INTS"])
@@ -175,7 +190,7 @@ class CudaPreprocessor(object):
             self._one(i, image)
         self._last_n = n
         s = self.settings
-        return DeviceBatch(n, self.out_ptr, (n, 3, s.out_h, s.out_w), self.out_dtype)
+        return DeviceBatch(n, self.out_ptr, (n, s.channels, s.out_h, s.out_w), self.out_dtype)
 
     def _one(self, slot, image):
         rt, stream, s, d = self.runtime, self.stream, self.settings, self.defines
@@ -193,19 +208,22 @@ class CudaPreprocessor(object):
         uploaded.record(stream)
         self._staged[k] = uploaded
         rows, cols = self._counts.ptr, self._counts.ptr + 4 * h
-        rt.memset(rows, 0, 4 * (h + w), stream)
-        threads, strip = d["RE_ROI_THREADS"], d["RE_ROI_ROWS"]
-        self.kernels.launch("re_roi_counts", (_blocks(w, threads), _blocks(h, strip)), (threads,),
-                            (self._raw.ptr, pitch, w, h, c, s.threshold, rows, cols), stream)
-        self.kernels.launch("re_roi_plan", (1,), (d["RE_PLAN_THREADS"],),
-                            (rows, cols, w, h, s.roi, s.out_w, s.out_h, s.interp,
-                             self.plan.ptr, self.xtab.ptr, self.ytab.ptr), stream)
-        bx, by, _ = RESIZE_BLOCK
         order = "GREY" if c == 1 else self.input_order
+        chan_map = s.chan_map(order)
+        if s.measure is not None:                            # the fundus disc and the retina band count
+            rt.memset(rows, 0, 4 * (h + w), stream)
+            threads, strip = d["RE_ROI_THREADS"], d["RE_ROI_ROWS"]
+            self.kernels.launch("re_roi_counts", (_blocks(w, threads), _blocks(h, strip)), (threads,),
+                                (self._raw.ptr, pitch, w, h, c, s.measure, s.threshold, s.chan_map(order, "RGB"),
+                                 rows, cols), stream)
+        self.kernels.launch("re_roi_plan", (1,), (d["RE_PLAN_THREADS"],),
+                            (rows, cols, w, h, s.roi, s.out_w, s.out_h, s.interp, s.band_threshold, s.margin,
+                             s.fraction, self.plan.ptr, self.xtab.ptr, self.ytab.ptr), stream)
+        bx, by, _ = RESIZE_BLOCK
         self.kernels.launch("re_resize_normalize", (_blocks(s.out_w, bx), _blocks(s.out_h, by)), RESIZE_BLOCK,
                             (self._raw.ptr, pitch, c, self.plan.ptr, self.xtab.ptr, self.ytab.ptr,
                              self.out_ptr + slot * self.slot_bytes, s.out_w, s.out_h,
-                             int(self.out_dtype == np.float16), s.chan_map(order), s.scale)
+                             int(self.out_dtype == np.float16), chan_map, s.channels, s.scale)
                             + tuple(s.mean) + tuple(s.std), stream)
         done.record(stream)
 

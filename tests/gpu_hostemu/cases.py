@@ -21,10 +21,14 @@ REAL_IDS = ["{}x{}-{}".format(s[0], s[1], os.path.basename(r)) for s, r in REAL]
 
 def make_spec(size=(224, 224), interpolation="area", roi="fundus_disc", colour_order="RGB", threshold=10,
               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
-    """A manifest preprocess section; the defaults are the shipped bundle's."""
-    return {"colour_order": colour_order, "roi": {"kind": roi, "threshold": threshold, "pad": "square"},
+    """A manifest preprocess section; the defaults are the shipped bundle's. ``roi``: a kind (with
+    ``threshold``) or a whole roi object; a GREY colour order keeps the first mean/std value."""
+    if not isinstance(roi, dict):
+        roi = {"kind": roi, "threshold": threshold, "pad": "square"}
+    channels = 1 if colour_order == "GREY" else 3
+    return {"colour_order": colour_order, "roi": dict(roi),
             "resize": {"size": list(size), "interpolation": interpolation},
-            "scale": 0.00392156862745098, "mean": list(mean), "std": list(std)}
+            "scale": 0.00392156862745098, "mean": list(mean)[:channels], "std": list(std)[:channels]}
 
 
 def reference(rgb, spec, dtype=np.float32):
@@ -58,6 +62,18 @@ def disc_image(h, w, radius, centre=None, colour=(200, 120, 60), noise=0):
     if noise:
         img[:] = np.random.RandomState(h * 7 + w).randint(0, noise, (h, w, 3))
     cv2.circle(img, centre or (w // 2, h // 2), radius, colour, thickness=-1)
+    return img
+
+
+def band_image(h, w, band, value=90, background=6, colour=False):
+    """Rows ``band`` (start, stop) at ``value`` over a dark background, with a little texture; RGB."""
+    rng = np.random.RandomState(h + 31 * w)
+    grey = np.full((h, w), background, np.int32) + rng.randint(0, 4, (h, w))
+    grey[band[0]:band[1]] += value - background
+    img = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    if colour:
+        img[..., 0] = np.clip(img[..., 0].astype(np.int32) * 5 // 4, 0, 255)
+        img[..., 2] //= 2
     return img
 
 

@@ -7,6 +7,7 @@ edge.gpu.preprocess.CudaPreprocessor on a machine without a GPU:
   shim) into a shared library named by the sources' hash, so a session builds it once.
 - ``HostKernels(library)`` is an edge.gpu.kernel.LoadedKernels: ``launch`` calls the library's
   ``hostemu_<kernel>`` with ctypes, the arguments packed by the same SIGNATURES as on a GPU.
+- ``Station`` is the real CudaPreprocessor on a HostRuntime, writing into a buffer a test reads.
 - ``HostRuntime`` implements edge.gpu.cuda's runtime interface on numpy buffers: a "device
   pointer" is the address of a numpy array, copies are memmove, the stream is synchronous, and
   events are host clock readings (CUDA's semantics for a stream that has already finished).
@@ -28,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = (gpu_kernel.SOURCE_PATH, os.path.join(HERE, "hostemu.h"), os.path.join(HERE, "hostemu.cpp"))
 # IEEE single/double arithmetic exactly as written: no FMA contraction, no fast-math reordering
 CXXFLAGS = ["-std=c++14", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall"]
-_CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int, "f": ctypes.c_float}
+_CTYPES = {"P": ctypes.c_void_p, "i": ctypes.c_int, "f": ctypes.c_float, "d": ctypes.c_double}
 _Dim3 = ctypes.c_uint * 3
 
 
@@ -191,3 +192,25 @@ class HostRuntime(object):
     def memset(self, dst_ptr, byte, nbytes, stream):
         self.calls.append("memset")
         ctypes.memset(int(dst_ptr), int(byte), int(nbytes))
+
+
+class Station(object):
+    """A CudaPreprocessor on the host runtime writing into an output buffer the test can read."""
+
+    def __init__(self, kernels, spec, dtype=np.float32, max_batch=1, **options):
+        from edge.gpu.preprocess import CudaPreprocessor
+        options.setdefault("max_input_bytes", 720 * 720 * 3)   # the 36 MB default costs time in host memory
+        self.runtime = HostRuntime()
+        self.spec, self.dtype = spec, np.dtype(dtype)
+        h, w = spec["resize"]["size"]
+        self.shape = (len(spec["mean"]), h, w)
+        self.out = self.runtime.alloc(max_batch * self.shape[0] * h * w * self.dtype.itemsize)
+        self.pre = CudaPreprocessor(spec, self.runtime, self.out.ptr, dtype, max_batch, self.runtime.stream(),
+                                    kernels=kernels, **options)
+
+    def run(self, images):
+        batch = self.pre.collate([self.pre.prepare(image) for image in images])
+        return batch, self.out.view(self.dtype, (batch.n,) + self.shape).copy()
+
+    def plan(self):
+        return self.pre.plan.view(np.int32, (16,))[:11].tolist()

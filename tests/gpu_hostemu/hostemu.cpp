@@ -146,31 +146,34 @@ extern "C" {
 const char* hostemu_last_error() { return hostemu::error.c_str(); }
 
 int hostemu_re_roi_counts(const unsigned int* grid, const unsigned int* block, const unsigned char* src,
-                          int pitch, int width, int height, int channels, int threshold,
-                          unsigned int* row_count, unsigned int* col_count)
+                          int pitch, int width, int height, int channels, int measure, int threshold,
+                          int rgb_map, unsigned int* row_count, unsigned int* col_count)
 {
     return hostemu::launch(grid, block, true, [=] {
-        re_roi_counts(src, pitch, width, height, channels, threshold, row_count, col_count);
+        re_roi_counts(src, pitch, width, height, channels, measure, threshold, rgb_map, row_count, col_count);
     });
 }
 
 int hostemu_re_roi_plan(const unsigned int* grid, const unsigned int* block, const unsigned int* row_count,
                         const unsigned int* col_count, int width, int height, int roi_kind, int out_w,
-                        int out_h, int interp, int* plan, int* xtab, int* ytab)
+                        int out_h, int interp, double band_threshold, double margin, double fraction,
+                        int* plan, int* xtab, int* ytab)
 {
     return hostemu::launch(grid, block, true, [=] {
-        re_roi_plan(row_count, col_count, width, height, roi_kind, out_w, out_h, interp, plan, xtab, ytab);
+        re_roi_plan(row_count, col_count, width, height, roi_kind, out_w, out_h, interp, band_threshold, margin,
+                    fraction, plan, xtab, ytab);
     });
 }
 
 int hostemu_re_resize_normalize(const unsigned int* grid, const unsigned int* block, const unsigned char* src,
                                 int pitch, int channels, const int* plan, const int* xtab, const int* ytab,
-                                void* out, int out_w, int out_h, int out_half, int chan_map, float scale,
-                                float mean0, float mean1, float mean2, float std0, float std1, float std2)
+                                void* out, int out_w, int out_h, int out_half, int chan_map, int out_channels,
+                                float scale, float mean0, float mean1, float mean2, float std0, float std1,
+                                float std2)
 {
     return hostemu::launch(grid, block, false, [=] {
         re_resize_normalize(src, pitch, channels, plan, xtab, ytab, out, out_w, out_h, out_half, chan_map,
-                            scale, mean0, mean1, mean2, std0, std1, std2);
+                            out_channels, scale, mean0, mean1, mean2, std0, std1, std2);
     });
 }
 

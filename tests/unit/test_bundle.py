@@ -334,3 +334,75 @@ def test_variants_are_not_written_into_a_bundle_that_does_not_verify(tmp_path, v
     with pytest.raises(BundleError, match="sha256 mismatch"):
         write_variants(bundle.root, {"int8": (b"x", {"kind": "qdq-int8"})})
     assert not os.path.exists(os.path.join(bundle.root, "model.int8.onnx"))
+
+
+# --- the preprocessing vocabulary (models/preprocess_spec.py) -----------------------------------------
+
+def _grey(manifest):
+    manifest["input"]["shape"][1] = 1
+    manifest["preprocess"].update(colour_order="GREY", mean=[0.2], std=[0.3])
+    return manifest
+
+
+@pytest.mark.parametrize("edit, field, problem", [
+    (lambda m: _set(m, "preprocess.roi", {"kind": "retina_band", "threshold": 300}), "preprocess.roi.threshold",
+     "number in [0, 255]"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "retina_band", "margin": -0.1}), "preprocess.roi.margin",
+     "number in [0, 1]"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "retina_band", "margin": "wide"}), "preprocess.roi.margin",
+     "number"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "centre", "fraction": 0}), "preprocess.roi.fraction", "(0, 1]"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "centre", "fraction": 1.5}), "preprocess.roi.fraction", "(0, 1]"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "centre", "threshold": 10}), "preprocess.roi.threshold",
+     "not a parameter of roi kind 'centre' (it takes fraction)"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "fundus_disc", "margin": 0.1}), "preprocess.roi.margin",
+     "not a parameter"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "none", "pad": "circle"}), "preprocess.roi.pad", "square"),
+    (lambda m: _set(m, "preprocess.roi", {"kind": "optic_cup"}), "preprocess.roi.kind", "retina_band"),
+    (lambda m: _set(m, "preprocess.colour_order", "GREY"), "input.shape", "1 channel for colour_order GREY, has 3"),
+    (lambda m: _set(_grey(m), "input.shape", [1, 3, 32, 32]), "input.shape", "1 channel for colour_order GREY"),
+    (lambda m: _set(_grey(m), "preprocess.mean", [0.5, 0.5, 0.5]), "preprocess.mean", "one number for colour_order GREY"),
+    (lambda m: _set(_grey(m), "preprocess.std", [0.0]), "preprocess.std", "positive"),
+    (lambda m: _set(m, "input.shape", [1, 1, 32, 32]), "input.shape", "3 channels for colour_order RGB"),
+])
+def test_preprocess_vocabulary_errors_name_the_field(valid_manifest, edit, field, problem):
+    edit(valid_manifest)
+    valid_manifest["model"].update(file=ONNX_NAME, sha256="0" * 64)
+    with pytest.raises(BundleError) as info:
+        validate_manifest(valid_manifest, where="w/bundle.json")
+    assert str(info.value).startswith("w/bundle.json: field '{}'".format(field)), str(info.value)
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize("roi", [
+    {"kind": "retina_band"}, {"kind": "retina_band", "threshold": 12.5, "margin": 0, "pad": "square"},
+    {"kind": "centre", "fraction": 0.75}, {"kind": "centre"}, {"kind": "none"},
+    {"kind": "none", "threshold": 10, "pad": "square"},        # written before the parameters were checked
+    {"kind": "fundus_disc"},
+])
+def test_new_roi_kinds_and_grey_bundles_round_trip(tmp_path, valid_manifest, roi):
+    valid_manifest["preprocess"]["roi"] = roi
+    _grey(valid_manifest)
+    bundle = _write(tmp_path, valid_manifest)
+    assert bundle.preprocess["roi"] == roi and bundle.input_shape[1] == 1
+
+
+def test_roi_parameters_fill_the_documented_defaults():
+    from models.bundle import COLOUR_ORDERS, INTERPOLATIONS, ROI_DEFAULTS, ROI_KINDS, roi_parameters
+    assert ROI_KINDS == ("fundus_disc", "retina_band", "centre", "none") and set(ROI_DEFAULTS) == set(ROI_KINDS)
+    assert COLOUR_ORDERS == ("RGB", "BGR", "GREY") and "area" in INTERPOLATIONS
+    assert roi_parameters({"kind": "fundus_disc"}) == {"kind": "fundus_disc", "threshold": 10, "pad": "square"}
+    assert roi_parameters({"kind": "retina_band", "margin": 0.25}) == {
+        "kind": "retina_band", "threshold": 20, "margin": 0.25, "pad": "square"}
+    assert roi_parameters({"kind": "centre"})["fraction"] == 1.0
+
+
+def test_the_preprocessing_rule_in_words():
+    from models.bundle import describe
+    spec = {"colour_order": "GREY", "roi": {"kind": "retina_band", "threshold": 25}, "scale": 1.0 / 255.0,
+            "resize": {"size": [224, 224], "interpolation": "area"}, "mean": [0.2], "std": [0.3]}
+    text = describe(spec)
+    assert "retina-band crop" in text and "exceeds 25" in text and "0.1 of the band" in text
+    assert "one grey channel" in text and "scale 1/255" in text and "[224, 224] (area)" in text
+    spec.update(colour_order="BGR", roi={"kind": "centre", "fraction": 0.8})
+    assert "centred square crop (0.8 of the shorter side)" in describe(spec) and "BGR order" in describe(spec)

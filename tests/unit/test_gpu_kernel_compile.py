@@ -54,7 +54,7 @@ def test_the_loaders_signatures_match_the_kernels_parameters():
         params = _kernel_parameters(text, name)
         assert len(params) == len(kinds), name
         for kind, param in zip(kinds, params):
-            expected = {"P": "*", "i": "int ", "f": "float "}[kind]
+            expected = {"P": "*", "i": "int ", "f": "float ", "d": "double "}[kind]
             assert expected in param and (kind == "P") == ("*" in param), "{}: {} as {!r}".format(name, param, kind)
 
 
@@ -64,10 +64,16 @@ def test_the_source_needs_no_headers_and_exports_its_constants():
     defines = gpu_kernel.parse_defines(text)
     assert defines["RE_ROI_THREADS"] % 32 == 0 and defines["RE_ROI_ROWS"] == 32
     assert defines["RE_PLAN_INTS"] >= 11 and defines["RE_TAB_INTS"] >= 6
-    from edge.gpu.preprocess import INTERPOLATIONS, ROI_KINDS
+    from edge.gpu.preprocess import INTERPOLATIONS, ROI_KINDS, ROI_MEASURES
+    from models import bundle
     assert INTERPOLATIONS == {"nearest": defines["RE_INTERP_NEAREST"], "linear": defines["RE_INTERP_LINEAR"],
                               "area": defines["RE_INTERP_AREA"]}
-    assert ROI_KINDS == {"none": defines["RE_ROI_NONE"], "fundus_disc": defines["RE_ROI_FUNDUS"]}
+    assert ROI_KINDS == {"none": defines["RE_ROI_NONE"], "fundus_disc": defines["RE_ROI_FUNDUS"],
+                         "retina_band": defines["RE_ROI_BAND"], "centre": defines["RE_ROI_CENTRE"]}
+    assert ROI_MEASURES == {"fundus_disc": defines["RE_MEASURE_BRIGHT"], "retina_band": defines["RE_MEASURE_GREY"]}
+    # every ROI kind of the manifest vocabulary runs on the GPU; of the interpolations all but cubic
+    assert set(ROI_KINDS) == set(bundle.ROI_KINDS)
+    assert set(INTERPOLATIONS) == set(bundle.INTERPOLATIONS) - {"cubic"}
 
 
 def test_without_a_kernel_compiler_the_error_is_one_line_naming_what_to_install():

@@ -25,32 +25,12 @@ from edge.io.decode import ImageError, read_image
 from edge.preprocess import find_fundus_disc
 from gpu_hostemu.cases import (REAL, REAL_IDS, SYNTHETIC, assert_identical, disc_image, make_spec, reference,
                                with_pitch)
-from gpu_hostemu.emulator import HostRuntime, session_kernels
+from gpu_hostemu.emulator import HostRuntime, Station, session_kernels
+
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
     return session_kernels(tmp_path_factory)
-
-
-class Station(object):
-    """A CudaPreprocessor on the host runtime writing into an output buffer the test can read."""
-
-    def __init__(self, kernels, spec, dtype=np.float32, max_batch=1, **options):
-        options.setdefault("max_input_bytes", 720 * 720 * 3)   # the 36 MB default costs time in host memory
-        self.runtime = HostRuntime()
-        self.spec, self.dtype = spec, np.dtype(dtype)
-        h, w = spec["resize"]["size"]
-        self.shape = (3, h, w)
-        self.out = self.runtime.alloc(max_batch * 3 * h * w * self.dtype.itemsize)
-        self.pre = CudaPreprocessor(spec, self.runtime, self.out.ptr, dtype, max_batch, self.runtime.stream(),
-                                    kernels=kernels, **options)
-
-    def run(self, images):
-        batch = self.pre.collate([self.pre.prepare(image) for image in images])
-        return batch, self.out.view(self.dtype, (batch.n,) + self.shape).copy()
-
-    def plan(self):
-        return self.pre.plan.view(np.int32, (16,))[:11].tolist()
 
 
 @pytest.mark.parametrize("size,rel", REAL, ids=REAL_IDS)

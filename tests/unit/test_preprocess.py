@@ -7,7 +7,8 @@ import pytest
 
 from conftest import CATARACT_JPG, DR_JPEG, GLAUCOMA_AUGMENTED, GLAUCOMA_PNG, NORMAL_BORDERED
 from edge.io.decode import ImageError, decode_image, read_image, to_rgb8
-from edge.preprocess import find_fundus_disc, normalize, pad_square, prepare, preprocess, region_of_interest
+from edge.preprocess import (centre_box, find_fundus_disc, find_retina_band, normalize, pad_square, prepare, preprocess,
+                             region_of_interest, to_grey)
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -258,3 +259,130 @@ def test_empty_and_garbage_bytes_raise_image_error_naming_the_source(tmp_path):
     with pytest.raises(ImageError) as info:
         read_image(missing)
     assert missing in str(info.value) and "cannot read file" in str(info.value)
+
+
+# --- OCT rules: retina band, centre square, one grey channel ----------------------------------------
+
+def test_every_kind_and_interpolation_of_the_vocabulary_has_a_reference():
+    from edge.preprocess import _INTERPOLATION, ROI_FINDERS
+    from models.bundle import INTERPOLATIONS, ROI_KINDS
+    assert set(ROI_FINDERS) == set(ROI_KINDS) and set(_INTERPOLATION) == set(INTERPOLATIONS)
+
+
+def _band_image(h=120, w=80, band=(30, 60), value=100, background=5):
+    img = np.full((h, w, 3), background, np.uint8)
+    img[band[0]:band[1]] = value
+    return img
+
+
+def test_retina_band_box_is_the_signal_rows_widened_by_the_margin_and_clamped():
+    img = _band_image()
+    assert find_retina_band(img, 20, 0.0) == (0, 30, 80, 60)
+    assert find_retina_band(img, 20, 0.1) == (0, 27, 80, 63)          # floor(0.1 * 30) = 3 rows each side
+    assert find_retina_band(img, 20, 0.25) == (0, 23, 80, 67)         # floor(7.5) = 7
+    assert find_retina_band(img, 20, 1.0) == (0, 0, 80, 90)           # clamped at the top
+    assert find_retina_band(img, 100, 0.1) is None                    # at the threshold is not above it
+    assert find_retina_band(img, 99.5, 0.0) == (0, 30, 80, 60)
+    # the mean, not a count: a row half at 50, half at 0 has mean 25
+    img[80, :40] = 50
+    img[80, 40:] = 0
+    assert find_retina_band(img, 24.9, 0.0) == (0, 30, 80, 81) and find_retina_band(img, 25, 0.0) == (0, 30, 80, 60)
+
+
+def test_retina_band_then_square_padding_keeps_full_width():
+    img = _band_image(h=120, w=80, band=(30, 60))
+    square, box = region_of_interest(img, {"kind": "retina_band", "threshold": 20, "margin": 0.1})
+    assert box == (0, 27, 80, 63)
+    assert square.shape == (80, 80, 3)                                # 36 rows padded to the 80-pixel width
+    top = (80 - 36) // 2
+    assert square[:top].max() == 0 and square[top + 36:].max() == 0
+    np.testing.assert_array_equal(square[top:top + 36], img[27:63])
+
+
+def test_retina_band_on_synthetic_b_scans_holds_the_layers_and_drops_the_vitreous():
+    from synthetic import bscan
+    for seed, (rows, cols) in enumerate([(96, 128), (200, 300), (496, 512)]):
+        img = cv2.cvtColor(bscan(rows, cols, seed=seed), cv2.COLOR_GRAY2RGB)
+        box = find_retina_band(img, 20, 0.0)
+        # bscan(): layer i centred at top + (i + 0.5) * 0.07 rows, top = 0.3 rows +- 0.08 rows (the curvature)
+        first_layer = (0.3 - 0.08 + 0.035) * rows
+        last_layer = (0.3 + 0.08 + 4.5 * 0.07) * rows
+        assert box is not None and box[0] == 0 and box[2] == cols
+        assert box[1] <= first_layer and box[3] >= last_layer, (box, first_layer, last_layer)
+        assert box[1] >= (0.3 - 0.08) * rows - 4 and box[3] <= (0.3 + 0.08 + 0.35) * rows + 4
+        assert box[3] - box[1] < 0.7 * rows                              # the vitreous and the choroid are cut
+
+
+def test_retina_band_degenerate_frames():
+    black = np.zeros((50, 70, 3), np.uint8)
+    assert find_retina_band(black, 20, 0.1) is None
+    square, box = region_of_interest(black, {"kind": "retina_band"})
+    assert box is None and square.shape == (70, 70, 3)
+    line = np.zeros((50, 70, 3), np.uint8)
+    line[49] = 255                                                    # one signal row, at the bottom edge
+    assert find_retina_band(line, 20, 0.5) == (0, 49, 70, 50)         # floor(0.5 * 1) = 0
+    x = preprocess(line, dict(make_spec(size=8), roi={"kind": "retina_band"}))
+    assert x.shape == (1, 3, 8, 8)
+    one = np.full((1, 1, 3), 200, np.uint8)
+    assert find_retina_band(one, 20, 0.1) == (0, 0, 1, 1)
+
+
+def test_centre_square_crop():
+    assert centre_box(100, 200, 1.0) == (50, 0, 150, 100)
+    assert centre_box(100, 200, 0.5) == (75, 25, 125, 75)
+    assert centre_box(201, 100, 0.33) == (33, 84, 66, 117)            # side 33; ((100 - 33) // 2, (201 - 33) // 2)
+    assert centre_box(3, 3, 0.01) == (1, 1, 2, 2)                     # at least one pixel
+    img = np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3)
+    square, box = region_of_interest(img, {"kind": "centre"})
+    assert box == (2, 0, 8, 6)
+    np.testing.assert_array_equal(square, img[:, 2:8])
+
+
+def test_to_grey_is_opencvs_fixed_point_rgb2gray():
+    """The formula the CUDA kernel uses (15-bit weights; the 14-bit R2Y/G2Y/B2Y constants of OpenCV's
+    color.hpp differ on about 0.3 % of pixels). Checked on all 2^24 triples once, here on a sample."""
+    rgb = np.random.RandomState(3).randint(0, 256, (400, 500, 3)).astype(np.uint8)
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    np.testing.assert_array_equal(to_grey(rgb), ((9798 * r + 19235 * g + 3735 * b + (1 << 14)) >> 15).astype(np.uint8))
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    np.testing.assert_array_equal(to_grey(grey)[0], np.arange(256))   # a grey image keeps its stored value
+
+
+def _grey_spec(size=16, roi="none", interpolation="area"):
+    return dict(make_spec(size=size, roi=roi, interpolation=interpolation), colour_order="GREY", mean=[0.25],
+                std=[0.5])
+
+
+def test_grey_network_input_is_one_channel_of_the_grey_value(fundus_dir):
+    from synthetic import bscan
+    stored = bscan(96, 128, seed=4)
+    rgb = cv2.cvtColor(stored, cv2.COLOR_GRAY2RGB)                   # what the decoder gives for a grey file
+    spec = _grey_spec(size=32, interpolation="nearest")
+    prepared = prepare(rgb, spec)
+    assert prepared.shape == (32, 32, 1) and prepared.dtype == np.uint8
+    np.testing.assert_array_equal(prepared[:, :, 0], cv2.resize(pad_square(stored), (32, 32),
+                                                                 interpolation=cv2.INTER_NEAREST))
+    x = preprocess(rgb, spec)
+    assert x.shape == (1, 1, 32, 32) and x.dtype == np.float32
+    want = (prepared[:, :, 0].astype(np.float32) * np.float32(1 / 255.0) - np.float32(0.25)) / np.float32(0.5)
+    np.testing.assert_array_equal(x[0, 0], want)
+    # a 3-channel RGB network sees the same grey three times
+    x3 = preprocess(rgb, dict(spec, colour_order="RGB", mean=[0.25] * 3, std=[0.5] * 3))
+    np.testing.assert_array_equal(x3[0, 0], x[0, 0])
+    np.testing.assert_array_equal(x3[0, 2], x[0, 0])
+    # a colour photograph: the grey of its ROI crop
+    colour = read_image(os.path.join(fundus_dir, GLAUCOMA_PNG))
+    spec = _grey_spec(size=48, roi="fundus_disc")
+    crop, _ = region_of_interest(colour, {"kind": "fundus_disc", "threshold": 10})
+    want = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(prepare(colour, spec)[:, :, 0], want)
+
+
+def test_host_preprocessor_batches_grey_bundles():
+    from edge.preprocess import HostPreprocessor
+    pre = HostPreprocessor(_grey_spec(size=8), np.float16)
+    images = [np.full((20, 30, 3), v, np.uint8) for v in (0, 128, 255)]
+    batch = pre.collate([pre.prepare(img) for img in images])
+    assert batch.shape == (3, 1, 8, 8) and batch.dtype == np.float16
+    assert batch[0, 0, 0, 0] == np.float16(-0.5) and batch[2, 0, 4, 4] == np.float16(1.5)
+    assert batch[2, 0, 0, 0] == np.float16(-0.5)                     # the square padding of a wide frame
