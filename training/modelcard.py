@@ -21,6 +21,16 @@ def _modality(manifest):
     return manifest.get("modality") or "fundus"
 
 
+def _modality_line(manifest):
+    """The bundle's modality, stated where it is not the default (a fundus card names its modality in the
+    intended use, and the shipped fundus card stays as generated)."""
+    modality = _modality(manifest)
+    if modality == "fundus":
+        return []
+    return ["**Modality.** {}: `retina-edge` screens {} with this bundle and skips the other modality (DICOM "
+            "Modality OPT is OCT).".format(modality, _IMAGES[modality]), ""]
+
+
 def _pct(x):
     return "{:.1f} %".format(100.0 * x)
 
@@ -53,9 +63,7 @@ def render(manifest, reports=()):
         "disease out. It has seen only the data below; other cameras, populations and image qualities "
         "need their own evaluation.".format(_IMAGES[_modality(manifest)], ", ".join(manifest["labels"])),
         "",
-        "**Modality.** {}: `retina-edge` screens {} with this bundle and skips the other modality.".format(
-            _modality(manifest), _IMAGES[_modality(manifest)]),
-        "",
+    ] + _modality_line(manifest) + [
         "**Model.** `{}` ({:,} parameters), ONNX opset {}, input {} {} {} ({}), outputs logits for: {}.".format(
             manifest["model"]["architecture"], manifest["model"].get("parameters", 0), manifest["model"]["opset"],
             manifest["input"]["name"], manifest["input"]["shape"], manifest["input"]["dtype"],
