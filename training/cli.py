@@ -1,8 +1,9 @@
 """retina-train: split, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv,
-leakage, explain."""
+leakage, explain, synth-oct."""
 import sys
 
 from edge.cliutil import Parser
+from models.bundle import ROI_KINDS
 from training.splits import DEFAULT_FRACTIONS  # light: the CLI parses before torch is imported
 
 EXAMPLES = """examples:
@@ -23,6 +24,8 @@ EXAMPLES = """examples:
   retina-train distil  --data runs/split.csv --teacher runs/teacher --soft-labels runs/teacher/soft_labels.npz --out runs/student
   retina-train leakage --data ../shared/data/fundus4 --split models/default/split.csv --measure --shortcut
   retina-train explain --checkpoint runs/student --images a.jpg b.jpg --out explain/
+  retina-train synth-oct --out runs/synthetic-oct --per-class 40 --dicom     (SYNTHETIC B-scans, for tests)
+  retina-train teacher --data runs/synthetic-oct --modality oct --model resnet18 --out runs/oct-teacher
 """
 
 
@@ -69,6 +72,16 @@ def _train_options(p, model, epochs, lr):
                         "the CPU always trains in fp32 (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
+    p.add_argument("--modality", default="auto", choices=("auto", "fundus", "oct"),
+                   help="what the images are; auto decides from the data (DICOM Modality OP/OPT, else grey "
+                        "images -> oct) and says what it decided; distil takes the teacher's "
+                        "(default %(default)s); written into the bundle")
+    p.add_argument("--roi", default=None, choices=ROI_KINDS,
+                   help="region of interest rule (default: the teacher's for distil, else fundus_disc for fundus, "
+                        "retina_band for oct)")
+    p.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                   help="network input channels: 3 (RGB; a grey image is replicated) or 1 (GREY, timm "
+                        "in_chans=1, the network's mean/std averaged) (default: the teacher's for distil, else 3)")
 
 
 def _soft_label_options(p):
@@ -152,7 +165,7 @@ def build_parser():
     p = verb("export", "export ONNX (opset 13), check parity with ONNX Runtime, write a model bundle")
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt to export (required)")
     p.add_argument("--out", required=True, help="bundle folder to write (required)")
-    p.add_argument("--name", default=None, help="bundle name (default: fundus4-<architecture>)")
+    p.add_argument("--name", default=None, help="bundle name (default: fundus4-<architecture>, or oct-<architecture> for an OCT run)")
     p.add_argument("--opset", type=int, default=13,
                    help="ONNX opset; TensorRT 8.2 on JetPack 4.6 parses up to 13 (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -162,6 +175,17 @@ def build_parser():
     p.add_argument("--variants", default="", metavar="PRECISIONS",
                    help="also make these precision variants (e.g. int8,fp16) with the `quantize` defaults, "
                         "calibrated on the run's split (default '%(default)s': none)")
+
+    p = verb("synth-oct", "write SYNTHETIC OCT B-scans (not patient data) in OCT2017-style class folders, for "
+                          "tests and smoke runs")
+    p.add_argument("--out", required=True, help="folder to write CNV/ DME/ DRUSEN/ NORMAL/ into (required)")
+    p.add_argument("--per-class", type=int, default=40, help="B-scan files per class (default %(default)s)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write a single-frame and a 3-frame OPT DICOM per class (default: no DICOM)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same images "
+                                                       "(default %(default)s)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+                   help="one size for every B-scan (default: drawn per image, 160-320 rows)")
 
     p = verb("quantize", "add INT8 Q/DQ and FP16 variants to a bundle, measured against fp32 on the val split")
     from training.quantize import add_arguments  # light: numpy and onnxruntime at most
@@ -204,6 +228,12 @@ def main(argv=None):
 
 
 def run(args):
+    if args.verb == "synth-oct":  # NumPy + OpenCV (+ pydicom): no torch
+        from training import synthetic_oct
+        print("synthetic: these B-scans are drawn by a program, not taken from patients")
+        synthetic_oct.write_dataset(args.out, args.per_class, seed=args.seed, dicom=args.dicom,
+                                    size=tuple(args.size) if args.size else None)
+        return 0
     if args.verb == "quantize":  # needs no torch unless it fine-tunes
         from training import quantize
         quantize.main(args)

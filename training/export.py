@@ -9,12 +9,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edge.io.decode import read_image
 from edge.io.sources import list_images
 from edge.preprocess import preprocess
 from models.bundle import load_bundle, write_bundle, write_explain
 from training import data as datalib, modelcard
-from training.recipe import command_line, git_commit, load_checkpoint, run_split, with_split_command
+from training.recipe import channels_of, command_line, git_commit, load_checkpoint, run_split, with_split_command
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -25,10 +24,10 @@ class ParityError(AssertionError):
     """ONNX Runtime and PyTorch disagree by more than the tolerance."""
 
 
-def to_onnx(net, image_size, opset=13):
-    """Serialised ONNX of ``net`` with a dynamic batch axis."""
+def to_onnx(net, image_size, opset=13, channels=3):
+    """Serialised ONNX of ``net`` (``channels`` input channels: 3, or 1 for GREY) with a dynamic batch axis."""
     net = net.eval().to(memory_format=torch.contiguous_format)
-    dummy = torch.zeros(1, 3, image_size, image_size)
+    dummy = torch.zeros(1, channels, image_size, image_size)
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(net, dummy, buf, opset_version=opset, input_names=[INPUT_NAME],
@@ -56,7 +55,7 @@ def parity_images(folder, samples, spec, count=32):
         paths = [s.path for s in samples if s.split == "test"][:count] or [s.path for s in samples][:count]
     if not paths:
         raise ValueError("no images for the parity check; pass --parity-images FOLDER")
-    return np.concatenate([preprocess(read_image(p), spec) for p in paths])
+    return np.concatenate([preprocess(datalib.read_sample(p), spec) for p in paths])
 
 
 def write_split_listing(samples, bundle_dir):
@@ -73,6 +72,16 @@ def write_split_listing(samples, bundle_dir):
     return out
 
 
+def modality_of(ckpt):
+    """The run's modality; checkpoints from before retina-train recorded one are fundus runs."""
+    return ckpt.get("modality") or ckpt.get("config", {}).get("modality") or "fundus"
+
+
+def default_name(ckpt):
+    """fundus4-<architecture> for fundus runs (the data set they were made on), oct-<architecture> for OCT."""
+    return "{}-{}".format("fundus4" if modality_of(ckpt) == "fundus" else "oct", ckpt["arch"])
+
+
 def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
     spec = ckpt["spec"]
     size = spec["resize"]["size"]
@@ -82,10 +91,11 @@ def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
     return {
         "name": name,
         "task": "classification",
-        "modality": "fundus",  # colour fundus photographs; edge skips other modalities (models/bundle.py)
+        # what the run trained on (retina-train --modality, or decided from the data); edge skips other modalities
+        "modality": modality_of(ckpt),
         "labels": list(ckpt["labels"]),
         "model": {"opset": opset, "architecture": ckpt["arch"], "parameters": n_params},
-        "input": {"name": INPUT_NAME, "shape": [1, 3, size[0], size[1]], "dtype": "float32",
+        "input": {"name": INPUT_NAME, "shape": [1, channels_of(spec), size[0], size[1]], "dtype": "float32",
                   "layout": "NCHW", "dynamic_batch": True},
         "outputs": [{"name": OUTPUT_NAME, "shape": ["N", len(ckpt["labels"])], "kind": "logits"}],
         "preprocess": spec,
@@ -100,7 +110,7 @@ def build_manifest(name, ckpt, max_abs_diff, n_parity, opset, n_params):
 def export_bundle(args, log=print):
     net, ckpt = load_checkpoint(args.checkpoint)
     size = ckpt["spec"]["resize"]["size"][0]
-    onnx_bytes = to_onnx(net, size, args.opset)
+    onnx_bytes = to_onnx(net, size, args.opset, channels_of(ckpt["spec"]))
     samples = run_split(args.checkpoint)
     batch = parity_images(args.parity_images, samples, ckpt["spec"])
     max_diff = parity(net, onnx_bytes, batch)
@@ -109,14 +119,15 @@ def export_bundle(args, log=print):
     if not max_diff <= args.tolerance:
         raise ParityError("ONNX Runtime differs from PyTorch by {:.3g} > {:g}; bundle not written".format(
             max_diff, args.tolerance))
-    name = args.name or "fundus4-{}".format(ckpt["arch"])
+    name = args.name or default_name(ckpt)
     n_params = int(sum(p.numel() for p in net.parameters()))
     manifest = build_manifest(name, ckpt, max_diff, len(batch), args.opset, n_params)
     bundle = write_bundle(args.out, onnx_bytes, manifest)
     write_split_listing(samples, args.out)
     modelcard.write(args.out, bundle.manifest)
-    log("wrote bundle {} ({:.1f} MB, sha256 {})".format(args.out, len(onnx_bytes) / 1e6,
-                                                        bundle.manifest["model"]["sha256"][:16]))
+    log("wrote bundle {} ({}, {:.1f} MB, sha256 {})".format(args.out, bundle.manifest["modality"],
+                                                            len(onnx_bytes) / 1e6,
+                                                            bundle.manifest["model"]["sha256"][:16]))
     precisions = [p.strip() for p in getattr(args, "variants", "").split(",") if p.strip()]
     if precisions:
         from training import quantize
@@ -234,7 +245,7 @@ def add_explain(bundle_dir, parity_folder, count=64, tolerance=1e-5, log=print):
     paths = spread(list_images(parity_folder), count)
     if not paths:
         raise ValueError("{}: no images for the parity check".format(parity_folder))
-    batch = np.concatenate([preprocess(read_image(p), bundle.preprocess) for p in paths])
+    batch = np.concatenate([preprocess(datalib.read_sample(p), bundle.preprocess) for p in paths])
     logit_diff, classifier_diff, feature_shape = explain_parity(bundle.onnx_path, cam_bytes, weight, bias, batch)
     log("feature-map model on {} real images: max |delta logit| = {:.3g} against model.onnx, {:.3g} for "
         "W . mean(F) + b (tolerance {:g})".format(len(batch), logit_diff, classifier_diff, tolerance))

@@ -4,6 +4,33 @@ import os
 from models.bundle import describe as describe_preprocess
 
 
+_IMAGES = {"fundus": "colour fundus photographs", "oct": "OCT B-scans"}
+_LIMITS = {
+    "fundus": "Most cataract and glaucoma images in this source are 256x256 augmented copies while diabetic "
+              "retinopathy and normal images are 400x400; every image is cropped to the disc and resized "
+              "identically, and splits keep patients and source images whole, but a source shortcut cannot be "
+              "ruled out. Metrics come from one held-out split of the development data.",
+    "oct": "B-scans from one source of OCT devices; other devices, scan protocols and signal strengths need their "
+           "own evaluation. Splits keep each patient's B-scans (and every frame of a volume) whole. Metrics come "
+           "from one held-out split of the data above; where the licence line says SYNTHETIC, they measure "
+           "nothing clinical.",
+}
+
+
+def _modality(manifest):
+    return manifest.get("modality") or "fundus"
+
+
+def _modality_line(manifest):
+    """The bundle's modality, stated where it is not the default (a fundus card names its modality in the
+    intended use, and the shipped fundus card stays as generated)."""
+    modality = _modality(manifest)
+    if modality == "fundus":
+        return []
+    return ["**Modality.** {}: `retina-edge` screens {} with this bundle and skips the other modality (DICOM "
+            "Modality OPT is OCT).".format(modality, _IMAGES[modality]), ""]
+
+
 def _pct(x):
     return "{:.1f} %".format(100.0 * x)
 
@@ -31,11 +58,12 @@ def render(manifest, reports=()):
     lines = [
         "# Model card: {}".format(manifest["name"]),
         "",
-        "**Intended use.** A screening aid that sorts colour fundus photographs into {} for referral by a "
+        "**Intended use.** A screening aid that sorts {} into {} for referral by a "
         "clinician in settings without an ophthalmologist. It is not a diagnosis and must not be used to rule "
         "disease out. It has seen only the data below; other cameras, populations and image qualities "
-        "need their own evaluation.".format(", ".join(manifest["labels"])),
+        "need their own evaluation.".format(_IMAGES[_modality(manifest)], ", ".join(manifest["labels"])),
         "",
+    ] + _modality_line(manifest) + [
         "**Model.** `{}` ({:,} parameters), ONNX opset {}, input {} {} {} ({}), outputs logits for: {}.".format(
             manifest["model"]["architecture"], manifest["model"].get("parameters", 0), manifest["model"]["opset"],
             manifest["input"]["name"], manifest["input"]["shape"], manifest["input"]["dtype"],
@@ -71,10 +99,7 @@ def render(manifest, reports=()):
     lines += _calibration(manifest)
     lines += _explain(manifest.get("explain"))
     lines += _report_links(reports)
-    lines += ["**Known limits.** Most cataract and glaucoma images in this source are 256x256 augmented copies "
-              "while diabetic retinopathy and normal images are 400x400; every image is cropped to the disc "
-              "and resized identically, and splits keep patients and source images whole, but a source "
-              "shortcut cannot be ruled out. Metrics come from one held-out split of the development data.",
+    lines += ["**Known limits.** " + _LIMITS[_modality(manifest)],
               "", "**Reproduce** (commit `{}`):".format(prov["commit"]), "", "```"]
     lines += prov["commands"] + ["```", ""]
     return "\n".join(lines)

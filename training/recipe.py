@@ -23,6 +23,17 @@ from training.metrics import classification_report, format_report
 
 DATA_CAVEAT = ("fundus4: the public 'Eye Diseases Classification' compilation (IDRiD, ODIR and other "
                "public fundus sets); redistribution terms not verified: development and evaluation only")
+SYNTHETIC_CAVEAT = ("SYNTHETIC OCT B-scans made by `retina-train synth-oct` (no patient data): a test of the "
+                    "OCT path, not a clinical model")
+OCT_CAVEAT = "OCT B-scans supplied by the user: licence as stated by their source (OCT2017: CC BY 4.0)"
+SPLIT_RULES = {
+    "fundus": "group-wise stratified: a patient's images (both eyes, any class) and all augmented copies of one "
+              "source image stay on one side; checked in code",
+    "oct": "group-wise stratified: the B-scans of one patient (OCT2017 CLASS-PATIENT-N names, DICOM PatientID, "
+           "else Study/Series UID; any class) and every frame of a DICOM volume stay on one side; checked in code",
+}
+# the region of interest a modality gets unless --roi says otherwise
+DEFAULT_ROI = {"fundus": "fundus_disc", "oct": "retina_band"}
 
 
 def command_line():
@@ -83,6 +94,26 @@ def make_spec(image_size, mean, std, threshold=10, interpolation="area", roi=Non
     return spec
 
 
+def resolve_modality(choice, samples, log=print):
+    """(modality, reason): ``choice`` fundus|oct as given, or auto: from the data (``data.detect_modality``)."""
+    if choice and choice != "auto":
+        modality, reason = choice, "--modality {}".format(choice)
+    else:
+        modality, reason = datalib.detect_modality(samples)
+    log("modality: {} ({})".format(modality, reason))
+    return modality, reason
+
+
+def input_spec(image_size, data_cfg, modality, roi=None, channels=3):
+    """The preprocess section for a run: the modality's region of interest unless ``roi`` names one, RGB for
+    3 channels or GREY (one channel; the network's mean and std averaged over its three values) for 1."""
+    mean, std = list(data_cfg["mean"]), list(data_cfg["std"])
+    colour_order = "GREY" if channels == 1 else "RGB"
+    if channels == 1:
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+    return make_spec(image_size, mean, std, roi={"kind": roi or DEFAULT_ROI[modality]}, colour_order=colour_order)
+
+
 def load_split(data, fractions=None, seed=0):
     """Samples with a split: a CSV that already has one is taken as is (after a leak check)."""
     samples = datalib.load_samples(data)
@@ -123,10 +154,11 @@ def evaluate_net(net, part, spec, labels, title):
 def save_run(out_dir, net, arch, labels, spec, config, history, metrics, commands, samples, weights_used):
     os.makedirs(out_dir, exist_ok=True)
     datalib.write_manifest(samples, os.path.join(out_dir, "split.csv"))
+    modality = config.get("modality", "fundus")
     checkpoint = {
         "arch": arch, "labels": labels, "spec": spec, "state_dict": net.state_dict(),
         "config": config, "metrics": metrics, "commands": commands, "weights": weights_used,
-        "data": data_provenance(config["data"], samples),
+        "modality": modality, "data": data_provenance(config["data"], samples, modality),
     }
     torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
     for name, obj in (("config.json", config), ("history.json", history), ("metrics.json", metrics)):
@@ -135,16 +167,24 @@ def save_run(out_dir, net, arch, labels, spec, config, history, metrics, command
             f.write("\n")
 
 
-def data_provenance(source, samples):
+def data_provenance(source, samples, modality="fundus"):
     """What the model was trained and measured on, without machine-specific absolute paths."""
     counts = Counter(s.split or "all" for s in samples)
-    image_root = os.path.commonpath([os.path.abspath(s.path) for s in samples])
+    image_root = os.path.commonpath([os.path.abspath(datalib.split_frame(s.path)[0]) for s in samples])
     return {"source": source, "image_root": os.path.relpath(image_root), "images": len(samples),
-            "split_counts": dict(sorted(counts.items())),
+            "modality": modality, "split_counts": dict(sorted(counts.items())),
             "split_sha256": datalib.split_sha256(samples),
-            "split_rule": "group-wise stratified: a patient's images (both eyes, any class) and all augmented "
-                          "copies of one source image stay on one side; checked in code",
-            "licence": DATA_CAVEAT}
+            "split_rule": SPLIT_RULES[modality], "licence": data_licence(samples, modality)}
+
+
+def data_licence(samples, modality):
+    """The licence line: synthetic data says so (synth-oct leaves SYNTHETIC.txt at the root of the set)."""
+    for s in samples[:1]:
+        folder = os.path.dirname(os.path.abspath(datalib.split_frame(s.path)[0]))
+        for up in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+            if os.path.isfile(os.path.join(up, "SYNTHETIC.txt")):
+                return SYNTHETIC_CAVEAT
+    return DATA_CAVEAT if modality == "fundus" else OCT_CAVEAT
 
 
 def run_folder(checkpoint):
@@ -158,21 +198,42 @@ def run_split(checkpoint):
     return datalib.read_manifest(path) if os.path.isfile(path) else []
 
 
+def channels_of(spec):
+    return 1 if spec["colour_order"] == "GREY" else 3
+
+
 def load_checkpoint(run_dir):
     path = run_dir if run_dir.endswith(".pt") else os.path.join(run_dir, "checkpoint.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError("{}: no checkpoint (run retina-train teacher/distil first)".format(path))
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net, _, _ = nets.create_model(ckpt["arch"], len(ckpt["labels"]), ckpt["spec"]["resize"]["size"][0], "none")
+    net, _, _ = nets.create_model(ckpt["arch"], len(ckpt["labels"]), ckpt["spec"]["resize"]["size"][0], "none",
+                                  in_chans=channels_of(ckpt["spec"]))
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     return net, ckpt
 
 
-def build_task(args, labels, teacher_dir):
+def run_inputs(args, samples, teacher_ckpt=None, log=print):
+    """(modality, how it was decided, roi kind or None, channels) of a training run: the options where given,
+    else the teacher's (distillation), else the data's (--modality auto)."""
+    choice = getattr(args, "modality", "auto") or "auto"
+    roi, channels = getattr(args, "roi", None), getattr(args, "channels", None)
+    if teacher_ckpt is not None and choice == "auto":
+        modality, reason = teacher_ckpt.get("modality", "fundus"), "the teacher's"
+        log("modality: {} ({})".format(modality, reason))
+    else:
+        modality, reason = resolve_modality(choice, samples, log)
+    if teacher_ckpt is not None:
+        roi = roi or teacher_ckpt["spec"]["roi"]["kind"]
+        channels = channels or channels_of(teacher_ckpt["spec"])
+    return modality, reason, roi, channels or 3
+
+
+def build_task(args, labels, teacher_dir, samples=(), log=print):
     """The network to train and the task around it: Classify, or Distill from ``teacher_dir``.
 
-    Returns (task, net, arch, spec, weights_used, commands so far).
+    Returns (task, net, arch, spec, weights_used, commands so far, (modality, reason)).
     """
     commands = []
     teacher = teacher_ckpt = None
@@ -182,18 +243,23 @@ def build_task(args, labels, teacher_dir):
             raise ValueError("teacher labels {} differ from data labels {}".format(teacher_ckpt["labels"], labels))
         commands = list(teacher_ckpt["commands"])
     commands = with_split_command(commands, args.data) + [command_line()]
-    net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights)
+    modality, reason, roi, channels = run_inputs(args, samples, teacher_ckpt, log)
+    net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights,
+                                                    in_chans=channels)
     net = net.to(memory_format=torch.channels_last)
-    spec = make_spec(args.image_size, data_cfg["mean"], data_cfg["std"])
+    spec = input_spec(args.image_size, data_cfg, modality, roi, channels)
     if teacher is None:
         task = engine.Classify(net, spec["mean"], spec["std"], label_smoothing=args.label_smoothing)
     else:
         t_spec = teacher_ckpt["spec"]
-        if t_spec["roi"] != spec["roi"]:
-            raise ValueError("teacher region of interest {} differs from the student's {}".format(
-                t_spec["roi"], spec["roi"]))
+        for key, what in (("roi", "region of interest"), ("colour_order", "colour order")):
+            if t_spec[key] != spec[key]:
+                raise ValueError("teacher {} {} differs from the student's {}".format(what, t_spec[key], spec[key]))
+        if teacher_ckpt.get("modality", "fundus") != modality:
+            raise ValueError("teacher modality {} differs from the student's {}".format(
+                teacher_ckpt.get("modality", "fundus"), modality))
         task = distil_task(args, net, spec, teacher.to(memory_format=torch.channels_last), t_spec)
-    return task, net, nets.resolve_name(args.model), spec, weights_used, commands
+    return task, net, nets.resolve_name(args.model), spec, weights_used, commands, (modality, reason)
 
 
 def distil_task(args, net, spec, teacher, t_spec):
@@ -237,14 +303,15 @@ def train(args, teacher_dir=None, log=print):
     labels = sorted({s.label for s in samples})
     if getattr(args, "label_smoothing", None) is None:  # resolved here so config.json records the value used
         args.label_smoothing = 0.0 if getattr(args, "loss", "ce") == "focal" else 0.1
-    task, net, arch, spec, weights_used, commands = build_task(args, labels, teacher_dir)
+    task, net, arch, spec, weights_used, commands, (modality, reason) = build_task(args, labels, teacher_dir,
+                                                                                    samples, log)
     set_loss(args, task, samples, labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(device)
     parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
-    log("{} on {}: train {} / val {} / test {} images, weights {}, device {}".format(
-        arch, args.data, len(parts["train"].samples), len(parts["val"].samples), len(parts["test"].samples),
-        weights_used, device))
+    log("{} on {} ({}, roi {}, {}): train {} / val {} / test {} images, weights {}, device {}".format(
+        arch, args.data, modality, spec["roi"]["kind"], spec["colour_order"], len(parts["train"].samples),
+        len(parts["val"].samples), len(parts["test"].samples), weights_used, device))
 
     def on_epoch(epoch):
         if not len(parts["val"].samples):
@@ -263,8 +330,8 @@ def train(args, teacher_dir=None, log=print):
             metrics[name] = report
             log(text)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir,
-                   "weights_used": weights_used, "commit": git_commit(),
+    config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir, "modality": modality,
+                   "modality_reason": reason, "weights_used": weights_used, "commit": git_commit(),
                    "hardware": loop.hardware(device, getattr(args, "amp", "off"))})
     save_run(args.out, net.cpu(), arch, labels, spec, config, history, metrics, commands, samples, weights_used)
     log("saved {}".format(os.path.join(args.out, "checkpoint.pt")))

@@ -52,10 +52,17 @@ def grouped_split(samples, fractions, seed=0):
 
 
 def check_no_leak(samples):
-    """Raise LeakError if any group has samples in more than one split."""
+    """Raise LeakError if any group has samples in more than one split.
+
+    Whatever groups a CSV gave, the frames of one DICOM file, the files of one DICOM PatientID and the
+    B-scans of one OCT2017 patient must also stay on one side (``training.data.bound_keys``).
+    """
+    from training.data import bound_keys
     sides = defaultdict(set)
     for s in samples:
         sides[s.group].add(s.split)
+        for key in bound_keys(s.path):
+            sides[key].add(s.split)
     leaks = {g: sorted(v) for g, v in sides.items() if len(v) > 1}
     if leaks:
         example = sorted(leaks.items())[:5]

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from training.sources import SOURCE_KINDS, source_kind
+from training.sources import FUNDUS_SOURCE_KINDS, SOURCE_KINDS, source_kind
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "..", "shared",
                     "data", "fundus4")
@@ -18,6 +18,13 @@ def test_kinds_follow_the_data_readme(name, kind):
     assert source_kind(os.path.join("/d", "glaucoma", name)) == kind
 
 
+@pytest.mark.parametrize("name, kind", [("CNV-1016042-1.jpeg", "oct2017"), ("scan.dcm", "dicom"),
+                                        ("CNV-77-vol3.dcm#frame=2", "dicom"), ("bscan.png", "single")])
+def test_oct_kinds(name, kind):
+    assert kind in SOURCE_KINDS
+    assert source_kind(os.path.join("/d", "CNV", name)) == kind
+
+
 @pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data/fundus4 is not here")
 def test_every_kind_occurs_in_the_data_and_patients_are_only_in_some_classes():
     seen = {}
@@ -26,5 +33,5 @@ def test_every_kind_occurs_in_the_data_and_patients_are_only_in_some_classes():
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 seen.setdefault(source_kind(name), set()).add(label)
-    assert set(seen) == set(SOURCE_KINDS)
+    assert set(seen) == set(FUNDUS_SOURCE_KINDS)
     assert seen["augmented"] <= {"cataract", "glaucoma"}  # the README: augmented copies in those two only
