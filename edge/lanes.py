@@ -70,17 +70,9 @@ class Router(object):
         self.lanes = list(lanes)
         if not self.lanes:
             raise RouterError("no bundle to screen with")
-        self.by_name, by_modality = {}, {}
-        for lane in self.lanes:
-            if lane.name in self.by_name:
-                raise RouterError("two bundles are named {!r}: give each its own name (--model NAME=DIR)"
-                                  .format(lane.name))
-            if lane.modality in by_modality:
-                raise RouterError("bundles {} and {} both screen {}s: which one screens a frame would be a guess; "
-                                  "load one bundle per modality".format(by_modality[lane.modality].name, lane.name,
-                                                                        _NAMES.get(lane.modality, lane.modality)))
-            self.by_name[lane.name] = by_modality[lane.modality] = lane
-        self.by_modality = by_modality
+        refuse_ambiguous([(lane.name, lane.modality) for lane in self.lanes])
+        self.by_name = dict((lane.name, lane) for lane in self.lanes)
+        self.by_modality = dict((lane.modality, lane) for lane in self.lanes)
         self.guessing = any(lane.modality != "fundus" for lane in self.lanes)
         self._guess = guess
 
@@ -116,6 +108,19 @@ class Router(object):
                                                       ", ".join(l.describe() for l in self.lanes)))
         frame.meta["model"] = lane.name
         return lane, None
+
+
+def refuse_ambiguous(named):
+    """Raise RouterError for [(name, modality)] holding a name or a modality twice (before any backend is built)."""
+    names, modalities = {}, {}
+    for name, modality in named:
+        if name in names:
+            raise RouterError("two bundles are named {!r}: give each its own name (--model NAME=DIR)".format(name))
+        if modality in modalities:
+            raise RouterError("bundles {} and {} both screen {}s: which one screens a frame would be a guess; "
+                              "load one bundle per modality".format(modalities[modality], name,
+                                                                    _NAMES.get(modality, modality)))
+        names[name] = modalities[modality] = name
 
 
 def describe_modality(meta):

@@ -237,6 +237,11 @@ class LedgerOutput(object):
         return "ledger {} (run {})".format(self.ledger.path, self.run_id)
 
 
+def roi_of(options, result):
+    """The region to draw for ``result``: its bundle's (``options["rois"]``, by model name), else ``options["roi"]``."""
+    return (options.get("rois") or {}).get(result.model) or options.get("roi")
+
+
 def open_output(text, labels, options=None):
     """Open the output URI ``text`` (see edge.io.uri); raises OutputError naming it."""
     try:

@@ -109,7 +109,7 @@ def worst_text(summary):
 
 
 def summary_line(summary):
-    """One console line for a volume's summary."""
-    return "volume {}: {} frames, {} (DICOM {}): {}; {}".format(
+    """One console line for a volume's summary (its worst frame after a ';' when a frame was screened ok)."""
+    return "volume {}: {} frames, {} (DICOM {}): {}{}".format(
         summary["path"], summary["frames"], summary["modality"], summary["dicom_modality"], statuses_text(summary),
-        worst_text(summary))
+        "; " + worst_text(summary) if summary.get("worst") else "")
