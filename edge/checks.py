@@ -7,6 +7,7 @@ on (an OCT B-scan into a fundus model gets a reason, never a fundus label);
 no retina found, far too dark, far too blurred). ``default_checks`` is what
 ``retina-edge run`` applies, in that order.
 """
+from edge.lanes import describe_modality
 from edge.quality import DEFAULT_THRESHOLD, assess
 from edge.records import Result
 
@@ -18,10 +19,8 @@ def check_modality(frame, bundle):
     modality = frame.meta.get("modality") or "fundus"
     if modality == bundle.modality:
         return None
-    code = frame.meta.get("dicom_modality")
-    what = _NAMES.get(modality, "{} image".format(modality)) + (" (DICOM Modality {})".format(code) if code else "")
     return Result(frame.source_id, "skipped", error="modality: {}, but the model {} screens {}s only".format(
-        what, bundle.manifest["name"], _NAMES.get(bundle.modality, bundle.modality + " image")))
+        describe_modality(frame.meta), bundle.manifest["name"], _NAMES.get(bundle.modality, bundle.modality + " image")))
 
 
 def check_quality(frame, bundle):

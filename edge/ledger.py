@@ -17,6 +17,18 @@ column (NULL in its rows) when it is opened.
 Schema version 4 adds ``refer``: 1/0 at the bundle's referral point, NULL when
 the bundle has none or the row is not ok (and in rows written before it). An
 older ledger gains the column, its rows kept, when it is opened.
+
+Schema version 5 (several bundles in one station) adds ``model``, the name of
+the bundle that screened the row (NULL where none took it, and in older rows),
+and the ``volumes`` table: one row per multi-frame file screened to its last
+frame, with its frame counts per status and its worst finding (the frame
+``worst_index``, its label, confidence, probabilities and referral;
+``edge.io.volumes`` defines "worst"). Volume rows are not frames: ``runs.images``
+and every query of ``results`` stay per frame. A run with several bundles
+records their names and sha256 joined by ", " in ``runs``. An older ledger
+gains the column and the table, its rows kept, when it is opened:
+
+    SELECT file, frames, worst_index, label, confidence FROM volumes WHERE run_id = ?
 """
 import json
 import os
@@ -25,7 +37,7 @@ import time
 
 from edge.records import STATUSES
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _RUNS = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,13 +72,35 @@ CREATE TABLE IF NOT EXISTS {name} (
     frame_index INTEGER,
     modality TEXT,
     frames INTEGER,
-    refer INTEGER CHECK (refer IN (0, 1))
+    refer INTEGER CHECK (refer IN (0, 1)),
+    model TEXT
+);
+"""
+
+_VOLUMES = """
+CREATE TABLE IF NOT EXISTS volumes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    file TEXT NOT NULL,
+    size_bytes INTEGER,
+    mtime_ns INTEGER,
+    frames INTEGER NOT NULL,
+    modality TEXT,
+    model TEXT,
+    statuses TEXT NOT NULL,
+    worst_index INTEGER,
+    label TEXT,
+    confidence REAL,
+    probs TEXT,
+    refer INTEGER CHECK (refer IN (0, 1)),
+    created_at TEXT NOT NULL
 );
 """
 
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS results_file ON results(file, size_bytes, mtime_ns);
+CREATE INDEX IF NOT EXISTS volumes_run ON volumes(run_id);
 """
 
 # a file identity's rows cover it: a whole-file row, or every frame of a volume (rows written before
@@ -76,7 +110,7 @@ _COMPLETE = ("(SUM(frame_index IS NULL) > 0 OR COUNT(*) > 0 AND"
 
 _V1_COLUMNS = "id, run_id, path, status, label, confidence, probs, error, latency_ms, created_at"
 # the columns each version added to results, to add in place when a ledger of an older version is opened
-_ADDED_COLUMNS = {3: ("frames INTEGER",), 4: ("refer INTEGER CHECK (refer IN (0, 1))",)}
+_ADDED_COLUMNS = {3: ("frames INTEGER",), 4: ("refer INTEGER CHECK (refer IN (0, 1))",), 5: ("model TEXT",)}
 
 
 def _now():
@@ -112,6 +146,7 @@ class Ledger(object):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute(_RUNS)
+            self.conn.execute(_VOLUMES)
             if has_results and version >= 2:
                 for added in range(version + 1, SCHEMA_VERSION + 1):
                     for column in _ADDED_COLUMNS.get(added, ()):
@@ -134,9 +169,12 @@ class Ledger(object):
             raise
 
     def start_run(self, source, bundle, backend):
+        """A new run; ``bundle`` may be a list of bundles (a station with several), recorded joined by ", "."""
+        bundles = bundle if isinstance(bundle, (list, tuple)) else [bundle]
         cur = self.conn.execute(
             "INSERT INTO runs (started_at, source, bundle_name, bundle_sha256, backend) VALUES (?, ?, ?, ?, ?)",
-            (_now(), source, bundle.manifest["name"], bundle.manifest["model"]["sha256"], backend))
+            (_now(), source, ", ".join(b.manifest["name"] for b in bundles),
+             ", ".join(b.manifest["model"]["sha256"] for b in bundles), backend))
         return cur.lastrowid
 
     def add_result(self, run_id, result, meta=None):
@@ -147,12 +185,12 @@ class Ledger(object):
         try:
             self.conn.execute(
                 "INSERT INTO results (run_id, path, status, label, confidence, probs, error, latency_ms, created_at,"
-                " file, size_bytes, mtime_ns, frame_index, modality, frames, refer)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " file, size_bytes, mtime_ns, frame_index, modality, frames, refer, model)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, result.path, result.status, result.label, result.confidence, probs, result.error,
                  result.latency_ms, _now(), meta.get("path"), meta.get("size_bytes"), meta.get("mtime_ns"),
                  meta.get("index"), meta.get("modality"), meta.get("frames") if "index" in meta else None,
-                 None if result.refer is None else int(bool(result.refer))))
+                 None if result.refer is None else int(bool(result.refer)), result.model))
             self.conn.execute("UPDATE runs SET images = images + 1, errors = errors + ? WHERE id = ?",
                               (1 if result.status == "error" else 0, run_id))
             self.conn.execute("COMMIT")
@@ -160,6 +198,20 @@ class Ledger(object):
             if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL (disk full)
                 self.conn.execute("ROLLBACK")
             raise
+
+    def add_volume(self, run_id, volume):
+        """One ``volumes`` row from a ``VolumeTally`` summary (its own transaction; the run's counts untouched)."""
+        worst = volume.get("worst") or {}
+        refer = worst.get("refer")
+        self.conn.execute(
+            "INSERT INTO volumes (run_id, file, size_bytes, mtime_ns, frames, modality, model, statuses,"
+            " worst_index, label, confidence, probs, refer, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, volume["path"], volume.get("size_bytes"), volume.get("mtime_ns"), volume["frames"],
+             volume.get("modality"), volume.get("model"), json.dumps(volume["statuses"], sort_keys=True),
+             worst.get("index"), worst.get("label"), worst.get("confidence"),
+             json.dumps(worst["probs"]) if worst.get("probs") is not None else None,
+             None if refer is None else int(bool(refer)), _now()))
 
     def screened_files(self, folder):
         """{file: {(size_bytes, mtime_ns), ...}}: the file identities under ``folder`` screened completely.

@@ -22,8 +22,11 @@ A live source gets a smaller window (``Pipeline.window_for``): frames waiting
 in queues would only make the displayed picture older.
 
 Batching rule: the network thread blocks for one prepared frame, then takes
-those already waiting, up to ``Pipeline.batch``; it never waits for a batch
-to fill, so batches grow only when decoding runs ahead of the network.
+those already waiting, until one lane's group reaches that lane's batch size
+(``Lane.batch``); it never waits for a batch to fill, so batches grow only
+when decoding runs ahead of the network. With several bundles the frames taken
+are grouped by lane (``Pipeline.lane_of``) and each group is one network call:
+a backend only ever sees frames of its own bundle.
 
 Order: the reader numbers frames; with several workers they may finish out
 of order, so the output thread holds early ones (at most the window) and
@@ -38,6 +41,7 @@ threads have ended. Every blocking get, put or acquire waits at most
 """
 import queue
 import threading
+from collections import OrderedDict
 
 from edge.pipeline import OutputFailed, PipelineFailed, RunStats, SourceFailed, source_failure
 from edge.profiling.profiler import StageTimes
@@ -150,16 +154,20 @@ class OverlappedRun(object):
         ended = 0
         while ended < self.p.workers:
             item = self._get(self.ready)
-            batch = []
+            batches = OrderedDict()  # lane name -> its items: one network call each
             while item is not _ABORTED:
+                full = False
                 if item is _END:
                     ended += 1
                 elif item.result is not None:  # set aside or judged by a check: straight to the outputs
                     if not self._put(self.finished, item):
                         return
                 else:
+                    lane = self.p.lane_of(item.frame)
+                    batch = batches.setdefault(lane.name, [])
                     batch.append(item)
-                if len(batch) >= self.p.batch or ended == self.p.workers:
+                    full = len(batch) >= lane.batch
+                if full or ended == self.p.workers:
                     break
                 try:
                     item = self.ready.get_nowait()
@@ -167,15 +175,21 @@ class OverlappedRun(object):
                     break
             if self.aborted.is_set():
                 return
-            if batch:
-                results = self.p.infer_batch([i.frame for i in batch], [i.prepared for i in batch],
-                                             [i.times for i in batch])
-                for done, result in zip(batch, results):
-                    done.prepared, done.result = None, result
-                    if not self._put(self.finished, done):
-                        return
-            item = done = batch = None  # hold no frame while waiting for the next one
+            for batch in batches.values():
+                if not self._infer_batch(batch):
+                    return
+            item = batch = batches = None  # hold no frame while waiting for the next one
         self._put(self.finished, _END)
+
+    def _infer_batch(self, batch):
+        """One network call for ``batch`` (frames of one lane); False once the run is aborted."""
+        results = self.p.infer_batch([i.frame for i in batch], [i.prepared for i in batch],
+                                     [i.times for i in batch])
+        for done, result in zip(batch, results):
+            done.prepared, done.result = None, result
+            if not self._put(self.finished, done):
+                return False
+        return True
 
     def _emit(self):
         """On the output thread: every output, then the source's done, strictly in input order."""

@@ -22,12 +22,19 @@ the engine's input buffer for TensorRT. ``checks`` are callables
 ``check(frame, bundle) -> Result or None`` run on the decoded frame before
 it is preprocessed (modality, gradability): a Result they return is the
 frame's verdict and the network is not run.
+
+Several bundles (``lanes=``, ``edge.lanes``): after decoding, the router sends
+each frame to the lane of its modality (DICOM header, else a guess from the
+pixels when the station needs one), or skips it when no bundle serves it; the
+lane's checks, preprocessor and backend do the rest, and every network call
+holds frames of one lane only. ``Pipeline(bundle, backend, ...)`` is one lane.
 """
 import threading
 import time
 from collections import Counter
 
 from edge.io.decode import ImageError, decode_image
+from edge.lanes import Lane, Router
 from edge.postprocess import classify
 from edge.profiling.profiler import Profiler, StageTimes
 from edge.records import STATUSES, Result, error_result
@@ -80,19 +87,27 @@ class SourceFailed(PipelineFailed):
 class Pipeline(object):
     """``workers``: decode threads (0: run every stage on the calling thread). ``batch``: the most
     frames per network call (default: the backend's ``max_batch``); the network takes the frames
-    already prepared, up to ``batch``, and never waits for a batch to fill."""
+    already prepared, up to ``batch``, and never waits for a batch to fill.
 
-    def __init__(self, bundle, backend, outputs=(), profiler=None, checks=(), clock=time.perf_counter,
-                 workers=1, batch=None):
-        self.bundle = bundle
-        self.backend = backend
+    ``lanes``: several bundles (``edge.lanes.Lane``, each with its own backend, checks and batch) in
+    place of ``bundle``, ``backend``, ``checks`` and ``batch``; ``guess``: the router's modality guess
+    (default ``edge.modality.guess_modality``). ``bundle``, ``backend``, ``preprocessor`` and
+    ``checks`` are the first lane's."""
+
+    def __init__(self, bundle=None, backend=None, outputs=(), profiler=None, checks=(), clock=time.perf_counter,
+                 workers=1, batch=None, lanes=None, guess=None):
+        if lanes is None:
+            lanes = [Lane(bundle.manifest["name"], bundle, backend, checks, batch)]
+        self.router = Router(lanes, guess)
+        self.lanes = self.router.lanes
+        first = self.lanes[0]
+        self.bundle, self.backend, self.preprocessor, self.checks = (first.bundle, first.backend,
+                                                                     first.preprocessor, first.checks)
         self.outputs = list(outputs)
         self.profiler = profiler or Profiler(clock=clock, max_samples=PROFILER_SAMPLES)
-        self.checks = list(checks)
         self.clock = clock
         self.workers = max(0, int(workers))
-        self.batch = max(1, int(batch or getattr(backend, "max_batch", 1) or 1))
-        self.preprocessor = backend.make_preprocessor()
+        self.batch = max(lane.batch for lane in self.lanes)
         self.stats = RunStats()
         self._stop = threading.Event()
         self._source = None
@@ -141,72 +156,80 @@ class Pipeline(object):
                 frame.data = None
         return None
 
+    def lane_of(self, frame):
+        """The lane ``frame`` was routed to (``meta["model"]``)."""
+        return self.router.lane_of(frame)
+
     def check(self, frame):
-        for check in self.checks:
-            verdict = check(frame, self.bundle)
-            if verdict is not None:
-                return verdict
-        return None
+        """Route the decoded frame to its lane, then the lane's checks: a Result verdict, or None."""
+        lane, verdict = self.router.route(frame)
+        return verdict if lane is None else lane.check(frame)
 
     def prepare(self, frame, times):
-        """Decode, checks, ``preprocessor.prepare`` (a worker's part) -> (prepared, None) or (None, Result)."""
+        """Decode, route, checks, ``preprocessor.prepare`` (a worker's part) -> (prepared, None) or (None, Result)."""
         result = self.decode(frame, times)
-        stage = "check"
+        stage, model = "check", None
         try:
             if result is None:
-                with times.stage("pre-process"):  # the quality gate is image work before the network
+                with times.stage("pre-process"):  # routing and the quality gate are image work before the network
                     result = self.check(frame)
             if result is not None:
                 return None, result
-            stage = "pre-process"
+            stage, lane = "pre-process", self.lane_of(frame)
+            model = lane.name
             with times.stage("pre-process"):
-                return self.preprocessor.prepare(frame.image), None
+                return lane.preprocessor.prepare(frame.image), None
         except Exception as exc:  # a bad frame must not stop the run; the message names it
-            return None, error_result(frame.source_id, "{}: {}".format(stage, _message(exc, frame.source_id)))
+            return None, error_result(frame.source_id, "{}: {}".format(stage, _message(exc, frame.source_id)),
+                                      model)
 
     def infer_batch(self, frames, prepared, times):
         """Collate, network, post-process for frames already prepared -> one Result each.
 
         Runs on the thread that built the backend. Per-frame stage times are the
         batch's divided by its size. A batch that fails is retried frame by frame,
-        so an error row names only the frame that fails on its own.
+        so an error row names only the frame that fails on its own. Every frame
+        of a batch belongs to one lane (that of the first).
         """
         n = len(frames)
+        lane = self.lane_of(frames[0])
         stage = "pre-process"
         try:
             batch_times = StageTimes({}, self.clock)
             with batch_times.stage("pre-process"):
-                x = self.preprocessor.collate(prepared)
+                x = lane.preprocessor.collate(prepared)
             stage = "network"
             with batch_times.stage("network"):
-                logits = self.backend.infer(x)
-            _merge_device_times(batch_times, self.preprocessor.last_times_ms(), self.backend.last_times_ms())
+                logits = lane.backend.infer(x)
+            _merge_device_times(batch_times, lane.preprocessor.last_times_ms(), lane.backend.last_times_ms())
             stage = "post-process"
             with batch_times.stage("post-process"):
-                classes = classify(logits, self.bundle)
+                classes = classify(logits, lane.bundle)
                 if len(classes) != n:
                     raise ValueError("the network gave {} rows of output for {} images".format(len(classes), n))
         except Exception as exc:  # a bad frame must not stop the run; the message names it
             if n > 1:
                 return [self.infer_batch([f], [p], [t])[0] for f, p, t in zip(frames, prepared, times)]
-            return [error_result(frames[0].source_id, "{}: {}".format(stage, _message(exc, frames[0].source_id)))]
+            return [error_result(frames[0].source_id, "{}: {}".format(stage, _message(exc, frames[0].source_id)),
+                                 lane.name)]
         results = []
         for frame, c, t in zip(frames, classes, times):
             for name, ms in batch_times.times_ms.items():
                 t.add(name, ms / n)
             latency_ms = sum(t.times_ms.get(s, 0.0) for s in _LATENCY_STAGES)
             probs = dict((lab, float(p)) for lab, p in zip(c.labels, c.probs))
-            results.append(Result(frame.source_id, "ok", c.label, c.confidence, probs, "", latency_ms, c.refer))
+            results.append(Result(frame.source_id, "ok", c.label, c.confidence, probs, "", latency_ms, c.refer,
+                                  lane.name))
         return results
 
     def infer(self, frame, times):
         """Pre-process, network, post-process for one decoded frame -> Result."""
-        stage = "pre-process"
+        stage, lane = "pre-process", self.lane_of(frame)
         try:
             with times.stage("pre-process"):
-                prepared = self.preprocessor.prepare(frame.image)
+                prepared = lane.preprocessor.prepare(frame.image)
         except Exception as exc:
-            return error_result(frame.source_id, "{}: {}".format(stage, _message(exc, frame.source_id)))
+            return error_result(frame.source_id, "{}: {}".format(stage, _message(exc, frame.source_id)), lane.name)
         return self.infer_batch([frame], [prepared], [times])[0]
 
     def process(self, frame, times=None):

@@ -45,7 +45,10 @@ class Result(NamedTuple):
     reason for skipped and ungradable rows; it is empty for ok rows. ``probs`` are the
     calibrated probabilities (the bundle's temperature), ``label`` is the bundle's
     decision rule's label and ``confidence`` its probability; ``refer`` is True/False at
-    the bundle's referral point, None when the bundle has none (or the row is not ok)."""
+    the bundle's referral point, None when the bundle has none (or the row is not ok).
+    ``model`` names the bundle that screened the frame (its ``--model name=``, else its
+    manifest name): set on ok and ungradable rows and on errors met after routing, None
+    for rows no bundle took (unreadable, skipped for a modality no bundle serves)."""
     path: str
     status: str
     label: Optional[str] = None
@@ -54,7 +57,8 @@ class Result(NamedTuple):
     error: str = ""
     latency_ms: Optional[float] = None
     refer: Optional[bool] = None
+    model: Optional[str] = None
 
 
-def error_result(path, message):
-    return Result(path, "error", error=message)
+def error_result(path, message, model=None):
+    return Result(path, "error", error=message, model=model)

@@ -2,7 +2,7 @@
 import sys
 import time
 
-from edge.commands.common import EXIT_OK, add_backend_options, add_model_option, backend_options, bundle_dir, fail
+from edge.commands.common import EXIT_OK, add_backend_options, add_model_option, backend_options, fail
 
 HELP = "build the TensorRT engine for a bundle (done by itself on the first `run --backend tensorrt`)"
 DESCRIPTION = ("Build the TensorRT engine for a bundle on this device and keep it in the engine cache, so that "
@@ -14,30 +14,43 @@ EXAMPLES = """examples:
   retina-edge build --precision fp16 --batch 4        FP16, batches of up to 4 images
   retina-edge build --precision int8 --calibration /data/calib    TensorRT < 10, bundle without INT8 variant
   retina-edge build --cache-dir /mnt/ssd/retina-edge  keep engines on another disk
+  retina-edge build --model fundus=bundles/fundus4 --model oct=bundles/oct4    one engine per bundle
 
 exit codes: 0 engine ready, 2 it cannot be built here (no TensorRT or GPU, bad bundle, build failed)
 """
 
 
 def add_arguments(p):
-    add_model_option(p)
+    add_model_option(p, several=True)
     add_backend_options(p, default_backend="tensorrt")
 
 
 def main(args):
-    from edge.backends import BackendError, availability, create_backend
+    from edge.backends import availability
+    from edge.commands.bundles import ModelSpecError, load_models
     from models.bundle import BundleError, load_bundle
 
-    out = sys.stdout
     if args.backend == "onnxruntime":
         return fail("build", "ONNX Runtime needs no engine; `build` makes TensorRT engines (--backend tensorrt)")
     try:
-        bundle = load_bundle(bundle_dir(args.model))
-    except BundleError as exc:
+        models = load_models(args.model, load_bundle)
+    except (BundleError, ModelSpecError) as exc:
         return fail("build", exc)
     ok, reason = availability("tensorrt")
     if not ok:
         return fail("build", "TensorRT cannot run here: {}".format(reason))
+    for name, bundle in models:  # one engine per bundle: the cache key holds the model's sha256
+        if len(models) > 1:
+            sys.stdout.write("{}:\n".format(name))
+        code = build_one(bundle, args)
+        if code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+def build_one(bundle, args):
+    from edge.backends import BackendError, create_backend
+    out = sys.stdout
     start = time.time()
     try:
         backend = create_backend("tensorrt", bundle, log=lambda line: out.write(line + "\n"),

@@ -22,7 +22,14 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 
-def add_model_option(p):
+def add_model_option(p, several=False):
+    if several:  # edge.commands.bundles reads the values
+        p.add_argument("--model", metavar="[NAME=]BUNDLE", action="append", default=None,
+                       help="model bundle folder, or its bundle.json / model.onnx, or a folder of bundle folders "
+                            "(default: the shipped bundle); repeat for several bundles, one per modality (fundus, "
+                            "oct): each image goes to the bundle of its modality (DICOM Modality, else a guess "
+                            "from the pixels); NAME= names it in outputs and the ledger (default: its manifest name)")
+        return
     p.add_argument("--model", metavar="BUNDLE", default=None,
                    help="model bundle folder, or its bundle.json / model.onnx (default: the shipped bundle)")
 

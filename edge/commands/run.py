@@ -7,7 +7,7 @@ import time
 
 from edge.commands.common import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_SET_ASIDE, EXIT_SIGINT,
                                   EXIT_SIGPIPE, EXIT_SIGTERM, add_backend_options, add_input_options,
-                                  add_model_option, backend_options, bundle_dir, fail, input_options)
+                                  add_model_option, backend_options, fail, input_options)
 from edge.commands.signals import Interrupted, PipeGuard, SignalStop, silence_stdout
 
 HELP = "screen an image, a folder, or a stream of images"
@@ -16,6 +16,8 @@ DESCRIPTION = ("Screen INPUT and print one line per image, then images/s and per
 EXAMPLES = """examples:
   retina-edge run samples/fundus                      screen a folder with the shipped model
   retina-edge run scan.jpg --model bundles/fundus4    one image, another bundle
+  retina-edge run /data/mixed --model fundus=bundles/fundus4 --model oct=bundles/oct4
+                                                      fundus photographs and OCT scans, each to its bundle
   retina-edge run /data/clinic --results out.csv      also write a CSV, one row per file
   retina-edge run /data/clinic -o out.jsonl -o null:// --backend onnxruntime --precision int8
   retina-edge run /data/export --watch --quarantine /data/bad    screen files as they arrive, until Ctrl-C
@@ -29,7 +31,7 @@ def add_arguments(p):
     p.add_argument("input", metavar="INPUT", help="image file, folder, or stream URI")
     p.add_argument("--watch", action="store_true",
                    help="keep watching the INPUT folder for new files (same as watch://INPUT)")
-    add_model_option(p)
+    add_model_option(p, several=True)
     p.add_argument("--results", metavar="FILE.csv", default=None,
                    help="also write one CSV row per image (appends to a file with the same columns)")
     p.add_argument("-o", "--output", metavar="URI", action="append", default=[],
@@ -58,6 +60,7 @@ class Session(object):
     def __init__(self):
         self.bundle = self.source = self.backend = self.ledger = self.run_id = None
         self.outputs = []
+        self.lanes = []  # one edge.lanes.Lane per bundle loaded; bundle and backend are the first's
         self.checks = []
         self.ledger_path = None
         self.backend_reason = ""
@@ -76,7 +79,8 @@ class Session(object):
         """Close every part, whatever each raises; returns a line per part that could not close
         (``failed``, the part that already failed the run, is closed without a second word)."""
         problems = []
-        for thing in self.outputs + [self.source, self.backend]:
+        backends = [lane.backend for lane in self.lanes] or [self.backend]
+        for thing in self.outputs + [self.source] + backends:
             if thing is None:
                 continue
             try:
@@ -93,46 +97,84 @@ def build(args, session, log):
     """Open the bundle, the source, the backend, the ledger and the outputs; raise SetupError naming the part."""
     from edge.backends import BackendError, choose_backend, create_backend
     from edge.checks import default_checks
+    from edge.commands.bundles import ModelSpecError, load_models
     from edge.home import ledger_path
-    from edge.io.outputs import ConsoleOutput, LedgerOutput, OutputDisabled, OutputError, open_output
+    from edge.io.outputs import ConsoleOutput, LedgerOutput
     from edge.io.sources import SourceError, open_source
+    from edge.io.volumes import negatives_of
+    from edge.lanes import Lane, RouterError, refuse_ambiguous
     from edge.ledger import Ledger
     from models.bundle import BundleError, load_bundle
 
     try:
-        session.bundle = load_bundle(bundle_dir(args.model))
+        models = load_models(_model_values(args), load_bundle)
+        refuse_ambiguous([(n, b.modality) for n, b in models])
+        session.bundle = models[0][1]
         session.source = open_source(input_uri(args), input_options(args))
         name, session.backend_reason = choose_backend(args.backend)
+        if getattr(args, "explain", False) and len(models) > 1:
+            raise SetupError("--explain works with one --model: heat maps come from one bundle's classifier")
         session.explain = getattr(args, "explain", False) and _explaining_backend(args, session, name, log)
-        if not session.explain:
-            session.backend = create_backend(name, session.bundle, log=log, **backend_options(args))
-    except (BundleError, SourceError, BackendError) as exc:
+        for n, (model_name, bundle) in enumerate(models):
+            backend = session.backend if n == 0 and session.explain else create_backend(
+                name, bundle, log=log, **backend_options(args))
+            session.lanes.append(Lane(model_name, bundle, backend))
+        session.backend = session.lanes[0].backend
+    except (BundleError, SourceError, BackendError, ModelSpecError, RouterError) as exc:
         raise SetupError(str(exc))
     uris = ([args.results] if args.results else []) + list(args.output)
     if getattr(args, "explain", False) and not any(_is_images_uri(u) for u in uris):
         raise SetupError("--explain writes <name>.cam.jpg beside annotated images: add an annotated-images "
                          "output, -o DIR/")
     _refuse_writing_into_the_input(session.source, uris, getattr(args, "quarantine", None))
-    output_options = {"headless": args.headless, "root": getattr(session.source, "root", None),
-                      "roi": session.bundle.manifest["preprocess"].get("roi"), "explain": session.explain}
-    for uri in uris:
-        try:
-            session.outputs.append(open_output(uri, session.bundle.labels, output_options))
-        except OutputDisabled as exc:
-            log(str(exc))
-        except OutputError as exc:
-            raise SetupError("results output {}".format(exc))
+    _open_outputs(session, uris, args, log)
     session.checks = default_checks(session.bundle)
     session.ledger_path = args.ledger or ledger_path()
     try:
         session.ledger = Ledger(session.ledger_path)
         session.run_id = session.ledger.start_run(os.path.abspath(args.input) if os.path.exists(args.input)
-                                                  else args.input, session.bundle, session.backend.describe())
+                                                  else args.input, [l.bundle for l in session.lanes],
+                                                  describe_backends(session.lanes))
     except (OSError, sqlite3.Error) as exc:
         raise SetupError("cannot open the ledger {}: {}".format(session.ledger_path, exc))
-    session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id))
+    negatives = dict((l.name, negatives_of(l.bundle)) for l in session.lanes)
+    session.outputs.insert(0, LedgerOutput(session.ledger, session.run_id, negatives))
     _station_wiring(args, session)
-    session.outputs.append(PipeGuard(ConsoleOutput(errors_only=args.quiet), session.close_stdout))
+    console = ConsoleOutput(errors_only=args.quiet, show_model=len(session.lanes) > 1, negatives=negatives)
+    session.outputs.append(PipeGuard(console, session.close_stdout))
+
+
+def _model_values(args):
+    """--model as a list (`run` repeats it; `profile` reuses build() with one)."""
+    model = getattr(args, "model", None)
+    return model if isinstance(model, list) else ([model] if model else [])
+
+
+def _open_outputs(session, uris, args, log):
+    """The outputs asked for; a CSV's p_ columns are the union of the bundles' classes, first bundle's first."""
+    from edge.io.outputs import OutputDisabled, OutputError, open_output
+    from edge.io.volumes import negatives_of
+    labels = []
+    for lane in session.lanes:
+        labels += [l for l in lane.bundle.labels if l not in labels]
+    output_options = {"headless": args.headless, "root": getattr(session.source, "root", None),
+                      "roi": session.bundle.manifest["preprocess"].get("roi"), "explain": session.explain,
+                      "rois": dict((l.name, l.bundle.manifest["preprocess"].get("roi")) for l in session.lanes),
+                      "negatives": dict((l.name, negatives_of(l.bundle)) for l in session.lanes)}
+    for uri in uris:
+        try:
+            session.outputs.append(open_output(uri, labels, output_options))
+        except OutputDisabled as exc:
+            log(str(exc))
+        except OutputError as exc:
+            raise SetupError("results output {}".format(exc))
+
+
+def describe_backends(lanes):
+    """The backend's description; with several bundles, each named."""
+    if len(lanes) == 1:
+        return lanes[0].backend.describe()
+    return "; ".join("{}: {}".format(l.name, l.backend.describe()) for l in lanes)
 
 
 def _explaining_backend(args, session, name, log):
@@ -245,10 +287,15 @@ def screen(args, session, signals):
     from edge.pipeline import Pipeline, PipelineFailed
     bundle, backend, source = session.bundle, session.backend, session.source
     make = ExplainingPipeline if session.explain else Pipeline  # the same, plus each frame's heat map
-    pipeline = session.pipeline = make(bundle, backend, session.outputs, checks=session.checks,
+    pipeline = session.pipeline = make(bundle, backend, session.outputs, lanes=session.lanes,
                                        **pipeline_options(args))
-    _say(session, "model {} ({}), backend {}, input {}".format(
-        bundle.manifest["name"], bundle.root, backend.describe(), source.describe()))
+    if len(session.lanes) == 1:
+        _say(session, "model {} ({}), backend {}, input {}".format(
+            bundle.manifest["name"], bundle.root, backend.describe(), source.describe()))
+    else:
+        _say(session, "models {}, input {}".format("; ".join("{} = {} {} ({}), backend {}".format(
+            l.name, l.modality, l.bundle.manifest["name"], l.bundle.root, l.backend.describe())
+            for l in session.lanes), source.describe()))
     if session.backend_reason != "asked for":
         _say(session, session.backend_reason)
     signals.attach(pipeline)
@@ -333,7 +380,7 @@ def _duration(seconds):
 def _print_report(session, pipeline, signals, report):
     c = pipeline.stats.counts
     referred = (", {} to refer".format(report["referred"])
-                if session.bundle is not None and session.bundle.referral is not None else "")
+                if any(l.bundle.referral is not None for l in session.lanes) else "")
     lines = ["", "{} image(s), {} ok{}, {} error(s){}{}; {}".format(
         report["frames"], c["ok"], referred, c["error"], ", {} skipped".format(c["skipped"]) if c["skipped"] else "",
         ", {} ungradable".format(c["ungradable"]) if c["ungradable"] else "", _rate(session, pipeline, report))]

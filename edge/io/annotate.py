@@ -23,7 +23,7 @@ import time
 import cv2
 import numpy as np
 
-from edge.io.outputs import Output, OutputError
+from edge.io.outputs import Output, OutputError, roi_of
 from edge.io.sources import mark_written_folder
 from edge.preprocess import find_fundus_disc
 
@@ -155,7 +155,7 @@ class AnnotatedImages(Output):
         name = mirrored_name(frame, self.root)
         suffix = os.path.splitext(name)[1].lower()
         params = [cv2.IMWRITE_JPEG_QUALITY, self.quality] if suffix in (".jpg", ".jpeg") else []
-        ok, encoded = cv2.imencode(suffix, annotate(frame.image, result, self.labels, self.roi, self.max_side),
+        ok, encoded = cv2.imencode(suffix, annotate(frame.image, result, self.labels, roi_of(self.options, result), self.max_side),
                                    params)
         if not ok:
             raise OutputError("{}: OpenCV could not encode {}".format(self.uri.text, name))

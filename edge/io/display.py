@@ -24,7 +24,7 @@ import cv2
 
 from edge.io import capture
 from edge.io.annotate import annotate
-from edge.io.outputs import Output, OutputDisabled, OutputError
+from edge.io.outputs import Output, OutputDisabled, OutputError, roi_of
 
 _QUIT_KEYS = (ord("q"), 27)
 _WAIT_MS = 30
@@ -58,7 +58,7 @@ class DisplayOutput(Output):
             raise OutputError(self._error)
         if frame.image is None or self.quit:
             return
-        picture = annotate(frame.image, result, self.labels, self.roi)
+        picture = annotate(frame.image, result, self.labels, roi_of(self.options, result))
         with self._lock:
             self._latest = picture
         if self._thread is None:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from edge.io.uri import UriError, parse_output
-from edge.io.volumes import VolumeTally, summary_line
+from edge.io.volumes import VOLUME_STATUS, VolumeTally, statuses_text, summary_line, worst_text
 
 # scheme -> (module, class)
 OUTPUTS = {
@@ -67,20 +67,33 @@ def _yes_no(flag):
 
 
 class CsvOutput(Output):
-    """One row per frame: path, label, confidence, refer, p_<class>..., status, error, latency_ms, modality.
+    """One row per frame: path, label, confidence, refer, p_<class>..., status, error, latency_ms, modality, model.
 
     ``refer`` is yes/no at the bundle's referral point, empty when the bundle has
-    none or the row is not ok. Appends to an existing file with the same columns
-    (runs accumulate, as in the ledger); a file with other columns (another
-    bundle's classes, or an older retina-edge's columns) is refused rather than
-    mixed. Each row is flushed as it is written.
+    none or the row is not ok. ``labels`` are the loaded bundles' classes (their
+    union, first bundle's first); a row's ``p_`` columns are empty for classes its
+    bundle lacks. ``model`` names the bundle that screened the row (empty when none
+    took it); it is the last column, so readers of the older columns keep working.
+
+    A multi-frame file (an OCT volume) gets, after its frames, one row of status
+    ``volume``: ``path`` the file, label/confidence/refer/p_ of its worst frame
+    (``edge.io.volumes``), ``error`` saying which frame that is and how its frames
+    ended ("worst: frame 7 (CNV 91.0%); 12 frames: 12 ok (CNV 7, NORMAL 5)", or
+    "no frame screened ok; ..."), ``latency_ms`` empty. Count images with
+    ``status != "volume"``.
+
+    Appends to an existing file with the same columns (runs accumulate, as in the
+    ledger); a file with other columns (another bundle's classes, or an older
+    retina-edge's columns) is refused rather than mixed. Each row is flushed as it
+    is written.
     """
 
     def __init__(self, uri, labels, options=None):
         super(CsvOutput, self).__init__(uri, labels, options)
         self.path = uri.path
+        self.volumes = VolumeTally(self.options.get("negatives"))
         self.header = (["path", "label", "confidence", "refer"] + ["p_" + l for l in self.labels]
-                       + ["status", "error", "latency_ms", "modality"])
+                       + ["status", "error", "latency_ms", "modality", "model"])
         existing = self._existing_header()
         _ensure_parent(self.path)
         self.file = io.open(self.path, "a", newline="", encoding="utf-8")
@@ -108,10 +121,21 @@ class CsvOutput(Output):
         return header
 
     def write(self, frame, r):
-        probs = [_fmt(r.probs.get(l) if r.probs else None, "{:.6f}") for l in self.labels]
-        self.writer.writerow([r.path, r.label or "", _fmt(r.confidence, "{:.6f}"), _yes_no(r.refer)] + probs
-                             + [r.status, r.error, _fmt(r.latency_ms, "{:.3f}"), frame.meta.get("modality", "")])
+        self._row(r.path, r.label, r.confidence, r.refer, r.probs, r.status, r.error, r.latency_ms,
+                  frame.meta.get("modality", ""), r.model)
+        volume = self.volumes.add(frame, r)
+        if volume is not None:
+            worst = volume["worst"] or {}
+            self._row(volume["path"], worst.get("label"), worst.get("confidence"), worst.get("refer"),
+                      worst.get("probs"), VOLUME_STATUS, "{}; {} frames: {}".format(
+                          worst_text(volume), volume["frames"], statuses_text(volume)), None,
+                      volume["modality"] or "", volume["model"])
         self.file.flush()
+
+    def _row(self, path, label, confidence, refer, probs, status, error, latency_ms, modality, model):
+        p = [_fmt(probs.get(l) if probs else None, "{:.6f}") for l in self.labels]
+        self.writer.writerow([path, label or "", _fmt(confidence, "{:.6f}"), _yes_no(refer)] + p
+                             + [status, error, _fmt(latency_ms, "{:.3f}"), modality, model or ""])
 
     def close(self):
         self.file.close()
@@ -145,7 +169,8 @@ class ConsoleOutput(object):
     """One line per frame on the console (--quiet keeps only the problems), one per DICOM volume.
 
     An ok line shows the label, its calibrated probability and, when the bundle
-    has a referral point, ``REFER`` for a frame to refer (a blank column otherwise).
+    has a referral point, ``REFER`` for a frame to refer (a blank column otherwise);
+    with several bundles loaded (``show_model``), ``[model]`` after the path.
 
     Paths under the working folder are shown relative to it; files and the
     ledger keep them absolute. A multi-frame volume (an OCT scan) gets a
@@ -153,11 +178,12 @@ class ConsoleOutput(object):
     place of one "skipped" line per frame.
     """
 
-    def __init__(self, stream=None, errors_only=False):
+    def __init__(self, stream=None, errors_only=False, show_model=False, negatives=None):
         self.stream = stream or sys.stdout
         self.errors_only = errors_only
+        self.show_model = show_model
         self.cwd = os.getcwd() + os.sep
-        self.volumes = VolumeTally()
+        self.volumes = VolumeTally(negatives)
 
     def short(self, text):
         return text.replace(self.cwd, "")
@@ -168,6 +194,8 @@ class ConsoleOutput(object):
             if not self.errors_only:
                 marker = "" if r.refer is None else ("REFER  " if r.refer else " " * 7)
                 line = "ok     {:<22} {:6.1%}  {}{}".format(r.label, r.confidence, marker, self.short(r.path))
+                if self.show_model:
+                    line += "  [{}]".format(r.model)
         elif r.status == "error":
             line = "error  {}".format(self.short(r.error))
             if frame.meta.get("quarantined_to"):
@@ -189,19 +217,29 @@ class ConsoleOutput(object):
 
 
 class LedgerOutput(object):
-    """Commits each result to the run's ledger before the frame counts as done."""
+    """Commits each result to the run's ledger before the frame counts as done; a volume's summary goes
+    into the ledger's ``volumes`` table after its last frame (``negatives``: see ``VolumeTally``)."""
 
-    def __init__(self, ledger, run_id):
+    def __init__(self, ledger, run_id, negatives=None):
         self.ledger, self.run_id = ledger, run_id
+        self.volumes = VolumeTally(negatives)
 
     def write(self, frame, r):
         self.ledger.add_result(self.run_id, r, frame.meta)
+        volume = self.volumes.add(frame, r)
+        if volume is not None:
+            self.ledger.add_volume(self.run_id, volume)
 
     def close(self):
         pass
 
     def describe(self):
         return "ledger {} (run {})".format(self.ledger.path, self.run_id)
+
+
+def roi_of(options, result):
+    """The region to draw for ``result``: its bundle's (``options["rois"]``, by model name), else ``options["roi"]``."""
+    return (options.get("rois") or {}).get(result.model) or options.get("roi")
 
 
 def open_output(text, labels, options=None):

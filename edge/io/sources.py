@@ -126,7 +126,7 @@ def frames_of(frame):
     if path.lower().endswith(DICOM_SUFFIXES) or (frame.data is not None and sniff(frame.data) == "dicom"):
         from edge.io.dicom import dicom_frames
         return dicom_frames(frame)
-    frame.meta.setdefault("modality", "fundus")
+    frame.meta.setdefault("modality", "fundus")  # a station serving OCT too guesses it from the pixels (edge.lanes)
     return iter([frame])
 
 

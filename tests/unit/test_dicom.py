@@ -211,9 +211,12 @@ def test_volume_tally_sums_a_volume_once_its_last_frame_is_in():
     assert done[:2] == [None, None]
     summary = done[2]
     assert summary == {"path": "/x/oct.dcm", "modality": "oct", "dicom_modality": "OPT", "frames": 3,
-                       "statuses": {"skipped": 1, "ok": 1, "error": 1}, "labels": {"normal": 1}}
+                       "size_bytes": None, "mtime_ns": None, "model": None,
+                       "statuses": {"skipped": 1, "ok": 1, "error": 1}, "labels": {"normal": 1},
+                       "worst": {"index": 0, "source": "/x/oct.dcm#0", "label": "normal", "confidence": 0.9,
+                                 "refer": None, "probs": None}}
     assert summary_line(summary) == ("volume /x/oct.dcm: 3 frames, oct (DICOM OPT): 1 ok (normal 1), 1 skipped, "
-                                     "1 error")
+                                     "1 error; worst: frame 0 (normal 90.0%)")
     assert tally.add(Frame("/x/a.jpg", meta={"path": "/x/a.jpg"}), results[1]) is None
     assert tally.open == {}
 

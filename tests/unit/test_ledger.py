@@ -1,4 +1,4 @@
-"""edge/ledger.py: schema version 4, the new statuses, file identity per row, migrating older ledgers, and the
+"""edge/ledger.py: schema version 5, the new statuses, file identity per row, migrating older ledgers, and the
 queries a watched folder asks (which files and frames are screened)."""
 import json
 import sqlite3
@@ -45,7 +45,7 @@ def test_every_status_and_the_frame_identity_are_stored(tmp_path, tiny_bundle):
     ledger.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         rows = conn.execute("SELECT path, status, file, size_bytes, mtime_ns, frame_index, modality FROM results"
                             " ORDER BY id").fetchall()
         assert rows[0] == ("/data/a.dcm#3", "skipped", "/data/a.dcm", 1234, 1700000000123456789, 3, "oct")
@@ -71,7 +71,7 @@ def test_a_version_1_ledger_is_migrated_keeping_its_rows(tmp_path, tiny_bundle):
 
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
         rows = conn.execute("SELECT id, run_id, path, status, label, probs, error, file FROM results ORDER BY id"
                             ).fetchall()
         assert rows[:2] == [(1, 1, "scans/a.jpg", "ok", "normal", '{"normal": 0.9}', "", None),
@@ -121,8 +121,8 @@ def test_a_version_2_ledger_gains_the_frame_count_and_its_volume_rows_count_as_s
     ledger = Ledger(path)
     try:
         columns = [r[1] for r in ledger.conn.execute("PRAGMA table_info(results)")]
-        assert columns[-2:] == ["frames", "refer"]
-        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert columns[-3:] == ["frames", "refer", "model"]
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 5
         # no frame count was recorded before version 3: such a volume is taken as complete, not redone
         assert ledger.is_screened("/w/v.dcm", 10, 20)
     finally:
@@ -159,7 +159,7 @@ def test_a_version_3_ledger_gains_the_refer_column_keeping_its_rows(tmp_path, ti
     conn.close()
     ledger = Ledger(path)
     try:
-        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 5
         assert ledger.is_screened("/w/a.jpg", 10, 20) and ledger.is_screened("/w/v.dcm", 30, 40)
         run = ledger.start_run("/w", tiny_bundle, "ort")
         ledger.add_result(run, Result("/w/b.jpg", "ok", "glaucoma", 0.6, {"glaucoma": 0.6}, "", 1.0, True))
@@ -174,6 +174,44 @@ def test_a_version_3_ledger_gains_the_refer_column_keeping_its_rows(tmp_path, ti
                     ("/w/b.jpg", "ok", "glaucoma", '{"glaucoma": 0.6}', None, 1),
                     ("/w/c.jpg", "ok", "normal", '{"normal": 0.9}', None, 0),
                     ("/w/d.jpg", "ok", "normal", '{"normal": 0.9}', None, None)]
+    Ledger(path).close()  # opening again is a no-op
+
+
+# The version-4 results table as ledger.py wrote it before the model column (commit c9b6842).
+V4_RESULTS = V3_RESULTS.replace("frames INTEGER);", "frames INTEGER, refer INTEGER CHECK (refer IN (0, 1)));").replace(
+    "PRAGMA user_version = 3;", "PRAGMA user_version = 4;")
+
+
+def test_a_version_4_ledger_gains_the_model_column_and_the_volumes_table_keeping_its_rows(tmp_path, tiny_bundle):
+    path = str(tmp_path / "v4.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(V4_RESULTS)
+    conn.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        columns = [r[1] for r in ledger.conn.execute("PRAGMA table_info(results)")]
+        assert columns[-3:] == ["frames", "refer", "model"]
+        assert ledger.is_screened("/w/a.jpg", 10, 20)
+        run = ledger.start_run("/w", [tiny_bundle, tiny_bundle], "ort; ort")
+        ledger.add_result(run, Result("/w/b.jpg", "ok", "glaucoma", 0.6, {"glaucoma": 0.6}, "", 1.0, None, "fundus"))
+        volume = {"path": "/w/v.dcm", "size_bytes": 5, "mtime_ns": 6, "frames": 3, "modality": "oct",
+                  "model": "oct", "statuses": {"ok": 2, "ungradable": 1},
+                  "worst": {"index": 2, "label": "CNV", "confidence": 0.8, "refer": True, "probs": {"CNV": 0.8}}}
+        ledger.add_volume(run, volume)
+        ledger.add_volume(run, dict(volume, path="/w/u.dcm", statuses={"skipped": 3}, worst=None))
+        rows = ledger.conn.execute("SELECT path, label, model FROM results ORDER BY id").fetchall()
+        volumes = ledger.conn.execute("SELECT file, frames, modality, model, statuses, worst_index, label, confidence,"
+                                      " probs, refer FROM volumes ORDER BY id").fetchall()
+        images, name, sha = ledger.conn.execute("SELECT images, bundle_name, bundle_sha256 FROM runs WHERE id = ?",
+                                                (run,)).fetchone()
+    finally:
+        ledger.close()
+    assert rows == [("/w/a.jpg", "glaucoma", None), ("/w/v.dcm#0", None, None), ("/w/b.jpg", "glaucoma", "fundus")]
+    assert volumes == [("/w/v.dcm", 3, "oct", "oct", '{"ok": 2, "ungradable": 1}', 2, "CNV", 0.8, '{"CNV": 0.8}', 1),
+                       ("/w/u.dcm", 3, "oct", "oct", '{"skipped": 3}', None, None, None, None, None)]
+    assert images == 1  # a volume row is not an image
+    assert name == "tiny4-test, tiny4-test" and sha.count(",") == 1
     Ledger(path).close()  # opening again is a no-op
 
 
