@@ -181,7 +181,7 @@ def test_appending_to_a_results_csv_with_the_old_columns_is_refused_naming_the_f
     with pytest.raises(OutputError) as info:
         open_output(path, LABELS)
     message = str(info.value)
-    assert message.startswith(path + ": exists with other columns (lacks refer)")
+    assert message.startswith(path + ": exists with other columns (lacks refer, model)")
     assert "give a new results file or move this one away" in message
     with open(path, "rb") as f:
         assert f.read() == before  # nothing appended, nothing lost

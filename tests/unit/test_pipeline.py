@@ -22,7 +22,7 @@ from edge.profiling.profiler import STAGES
 from edge.records import Frame, Result
 
 CSV_HEADER = ["path", "label", "confidence", "refer", "p_cataract", "p_diabetic_retinopathy", "p_glaucoma", "p_normal",
-              "status", "error", "latency_ms", "modality"]
+              "status", "error", "latency_ms", "modality", "model"]
 
 
 def read_csv(path):
@@ -316,8 +316,8 @@ def test_csv_rows_are_on_disk_before_the_sink_is_closed(tmp_path):
     sink.close()
     assert rows == [CSV_HEADER,
                     ["a.jpg", "normal", "0.250000", "", "0.250000", "0.250000", "0.250000", "0.250000", "ok", "",
-                     "1.500", "fundus"],
-                    ["b.jpg", "", "", "", "", "", "", "", "error", "decode: b.jpg: empty file (0 bytes)", "", ""]]
+                     "1.500", "fundus", ""],
+                    ["b.jpg", "", "", "", "", "", "", "", "error", "decode: b.jpg: empty file (0 bytes)", "", "", ""]]
     # a second run appends under the same header; a file with other columns is refused, not mixed
     again = open_output(path, LABELS)
     again.write(Frame("c.jpg"), Result("c.jpg", "error", error="x"))
