@@ -169,7 +169,8 @@ def build_parser():
     p.add_argument("--opset", type=int, default=13,
                    help="ONNX opset; TensorRT 8.2 on JetPack 4.6 parses up to 13 (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest |delta logit| allowed between PyTorch and ONNX Runtime, fp32 (default %(default)s)")
+                   help="largest |delta logit| allowed between PyTorch and ONNX Runtime in fp32, per unit of the largest "
+                        "|logit| when that is above 1 (default %(default)s)")
     p.add_argument("--parity-images", default=None,
                    help="folder of images for the parity check (default: the run's test split)")
     p.add_argument("--variants", default="", metavar="PRECISIONS",

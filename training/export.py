@@ -20,8 +20,8 @@ OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
 
 
-class ParityError(AssertionError):
-    """ONNX Runtime and PyTorch disagree by more than the tolerance."""
+class ParityError(ValueError):
+    """ONNX Runtime and PyTorch disagree by more than the tolerance (a ValueError: the CLI says it in one line)."""
 
 
 def to_onnx(net, image_size, opset=13, channels=3):
@@ -39,12 +39,12 @@ def to_onnx(net, image_size, opset=13, channels=3):
 
 
 def parity(net, onnx_bytes, batch):
-    """Max |logit difference| between PyTorch and ONNX Runtime (CPU) on ``batch``."""
+    """(max |logit difference| between PyTorch and ONNX Runtime (CPU) on ``batch``, max |logit|)."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = net(torch.from_numpy(batch)).numpy()
     got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-    return float(np.abs(expected - got).max())
+    return float(np.abs(expected - got).max()), float(np.abs(expected).max())
 
 
 def parity_images(folder, samples, spec, count=32):
@@ -113,12 +113,15 @@ def export_bundle(args, log=print):
     onnx_bytes = to_onnx(net, size, args.opset, channels_of(ckpt["spec"]))
     samples = run_split(args.checkpoint)
     batch = parity_images(args.parity_images, samples, ckpt["spec"])
-    max_diff = parity(net, onnx_bytes, batch)
-    log("parity on {} real images: max |delta logit| = {:.3g} (tolerance {:g})".format(len(batch), max_diff,
-                                                                                     args.tolerance))
-    if not max_diff <= args.tolerance:
-        raise ParityError("ONNX Runtime differs from PyTorch by {:.3g} > {:g}; bundle not written".format(
-            max_diff, args.tolerance))
+    max_diff, max_logit = parity(net, onnx_bytes, batch)
+    # float32 rounding grows with the logits' size: a network with logits near 20 (a short run on easy data)
+    # differs by ~1e-3 between two correct runtimes, so the tolerance scales with max(1, max |logit|)
+    allowed = args.tolerance * max(1.0, max_logit)
+    log("parity on {} real images: max |delta logit| = {:.3g} (allowed {:.3g}: tolerance {:g} x max(1, max "
+        "|logit| {:.3g}))".format(len(batch), max_diff, allowed, args.tolerance, max_logit))
+    if not max_diff <= allowed:
+        raise ParityError("ONNX Runtime differs from PyTorch by {:.3g} > {:.3g}; bundle not written".format(
+            max_diff, allowed))
     name = args.name or default_name(ckpt)
     n_params = int(sum(p.numel() for p in net.parameters()))
     manifest = build_manifest(name, ckpt, max_diff, len(batch), args.opset, n_params)

@@ -76,16 +76,53 @@ def test_the_bundle_is_an_oct_bundle_with_one_input_channel_and_an_honest_card(o
 
 
 def test_retina_edge_screens_the_oct_dicoms_with_the_oct_bundle(oct_run):
-    rows = oct_run["rows"]
+    rows = [r for r in oct_run["rows"] if r["status"] != "volume"]
     dicom = [r for r in rows if ".dcm" in r["path"]]
     assert len(dicom) == 4 * (1 + 3)  # per class a single-frame file and a 3-frame volume
     for r in dicom:
         assert r["status"] == "ok" and r["modality"] == "oct", r
-        assert r["label"] in ("CNV", "DME", "DRUSEN", "NORMAL")
+        assert r["label"] in ("CNV", "DME", "DRUSEN", "NORMAL") and r["model"] == "oct-test_resnet"
     assert sum(r["path"].endswith(".dcm#2") for r in rows) == 4
-    # plain B-scans (8/16-bit PNG, JPEG, 16-bit TIFF) decode without error; whether a plain image is routed
-    # to the OCT bundle is the station's modality guess (edge/), so they are screened or skipped for modality
+    volumes = [r for r in oct_run["rows"] if r["status"] == "volume"]
+    assert len(volumes) == 4 and all(r["path"].endswith("-vol3.dcm") and "worst: frame" in r["error"]
+                                     for r in volumes), volumes
+    # plain B-scans (8/16-bit PNG, JPEG, 16-bit TIFF): the station's modality guess sends them to the OCT bundle
     plain = [r for r in rows if ".dcm" not in r["path"]]
     assert len(plain) == 4 * 6
     for r in plain:
-        assert r["status"] == "ok" or (r["status"] == "skipped" and "modality" in r["error"]), r
+        assert r["status"] == "ok" and r["modality"] == "oct", r
+
+
+def test_the_trained_oct_bundle_screens_beside_the_shipped_fundus_bundle(oct_run, tmp_path):
+    """The issue's check: one folder of fundus photographs, OCT B-scans and OPT volumes, both bundles loaded."""
+    import shutil
+    mixed = tmp_path / "mixed"
+    shutil.copytree(os.path.join(REPO_ROOT, "samples", "fundus"), str(mixed))
+    from edge.io.decode import read_image
+    from synthetic import make_dicom
+    glaucoma = os.path.join(str(mixed), "glaucoma", sorted(os.listdir(str(mixed / "glaucoma")))[0])
+    (mixed / "photograph-op.dcm").write_bytes(make_dicom(read_image(glaucoma), "RGB", modality="OP"))
+    photographs = sum(len(files) for _, _, files in os.walk(str(mixed)))  # the OP DICOM included
+    for label in ("CNV", "NORMAL"):
+        names = sorted(os.listdir(os.path.join(oct_run["data"], label)))
+        chosen = [n for n in names if not n.endswith(".dcm")][:3] + [n for n in names if n.endswith("-vol3.dcm")]
+        for name in chosen:
+            shutil.copy(os.path.join(oct_run["data"], label, name), str(mixed / name))
+    results = str(tmp_path / "mixed.csv")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONDONTWRITEBYTECODE="1",
+               RETINA_EDGE_HOME=str(tmp_path / "home"))
+    code, out = run([sys.executable, "-m", "edge", "run", str(mixed), "--model",
+                     "fundus=" + os.path.join(REPO_ROOT, "models", "default"), "--model", "oct=" + oct_run["bundle"],
+                     "--results", results], env, REPO_ROOT)
+    assert code == 0, out[-3000:]
+    with open(results, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] != "volume"]
+    by_model = {}
+    for r in rows:
+        assert r["status"] == "ok", r
+        by_model.setdefault(r["model"], []).append(r)
+    assert sorted(by_model) == ["fundus", "oct"]
+    assert all(r["modality"] == "oct" and r["label"] in ("CNV", "DME", "DRUSEN", "NORMAL") for r in by_model["oct"])
+    assert all(r["modality"] == "fundus" and r["label"] in ("cataract", "diabetic_retinopathy", "glaucoma", "normal")
+               for r in by_model["fundus"])
+    assert len(by_model["oct"]) == 2 * 3 + 2 * 3 and len(by_model["fundus"]) == photographs > 0
