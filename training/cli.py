@@ -1,4 +1,4 @@
-"""retina-train: split, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv,
+"""retina-train: split, pretrain, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv,
 leakage, explain, synth-oct."""
 import sys
 
@@ -9,6 +9,8 @@ from training.splits import DEFAULT_FRACTIONS  # light: the CLI parses before to
 EXAMPLES = """examples:
   retina-train split   --data ../shared/data/fundus4 --out runs/split.csv
   retina-train teacher --data runs/split.csv --model tf_efficientnet_lite2 --out runs/teacher
+  retina-train pretrain --data runs/split.csv --model convnextv2_atto --out runs/pretrain   (FCMAE, train split only)
+  retina-train teacher --data runs/split.csv --model convnextv2_atto --init runs/pretrain --out runs/convnextv2
   retina-train teacher --data runs/split.csv --model vit_small_patch16_224 --weights hub --out runs/vit
   retina-train teacher --data runs/split.csv --model convnextv2_atto --loss focal --class-weights balanced \
                        --augment strong --average swa --accumulate 2 --out runs/convnextv2
@@ -37,6 +39,9 @@ def _train_options(p, model, epochs, lr):
     p.add_argument("--out", required=True, help="run folder to write (required)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (offline package, else hub), hub, none, or a checkpoint path (default %(default)s)")
+    p.add_argument("--init", default=None, metavar="PRETRAIN_DIR",
+                   help="start from a `retina-train pretrain` run: its encoder.pt is the --weights (same "
+                        "architecture only); recorded in config.json (default: --weights)")
     p.add_argument("--image-size", type=int, default=224, help="square input side in pixels (default %(default)s)")
     p.add_argument("--epochs", type=int, default=epochs, help="passes over the training split (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32,
@@ -84,6 +89,34 @@ def _train_options(p, model, epochs, lr):
                         "in_chans=1, the network's mean/std averaged) (default: the teacher's for distil, else 3)")
 
 
+def _pretrain_options(p):
+    """retina-train pretrain (training.pretrain.main)."""
+    p.add_argument("--data", required=True,
+                   help="class-folder root, or a split CSV (required); ONLY the train side of the split is "
+                        "read, labels unused: val and test images never enter pretraining")
+    p.add_argument("--model", default="convnextv2_atto",
+                   help="a timm ConvNeXtV2 model (default %(default)s); a ViT is refused (MAE for ViT is not "
+                        "implemented yet)")
+    p.add_argument("--out", required=True, help="run folder for encoder.pt, config.json, history.json (required)")
+    p.add_argument("--epochs", type=int, default=50, help="passes over the train split (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-4,
+                   help="peak AdamW learning rate, warmed up then cosine-decayed (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--mask-ratio", type=float, default=0.6,
+                   help="fraction of 32x32-pixel patches hidden from the encoder (default %(default)s)")
+    p.add_argument("--decoder-dim", type=int, default=256, help="channels of the light decoder (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="square input side, a multiple of 32 (default %(default)s)")
+    p.add_argument("--augment", default="standard", choices=("none", "standard", "strong"),
+                   help="augmentation of the views (training.engine presets) (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps (default %(default)s: no limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of order, masks and augmentation (default %(default)s)")
+    p.add_argument("--cache-dir", default=".cache/prepared",
+                   help="where prepared images are cached, '' for none (default %(default)s)")
+
+
 def _soft_label_options(p):
     """retina-train soft-labels (training.fkd.main)."""
     p.add_argument("--data", required=True, help="the split CSV the student will be distilled on (required)")
@@ -120,6 +153,10 @@ def build_parser():
     p.add_argument("--val", type=float, default=DEFAULT_FRACTIONS["val"],
                    help="fraction of groups for the validation split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default %(default)s)")
+
+    p = verb("pretrain", "FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on the TRAIN split's images "
+                         "(val/test never read); then teacher --init")
+    _pretrain_options(p)
 
     p = verb("teacher", "train a teacher (or any network) with cross-entropy or focal loss")
     _train_options(p, "tf_efficientnet_lite2", epochs=6, lr=5e-4)
@@ -264,6 +301,9 @@ def run(args):
         for name, counts in sorted(splits.summarize(samples).items()):
             print("{:<5} {:5d} images  {}".format(name, sum(counts.values()), dict(sorted(counts.items()))))
         print("wrote {} (no group on two sides: checked)".format(args.out))
+    elif args.verb == "pretrain":
+        from training import pretrain
+        pretrain.main(args)
     elif args.verb in ("teacher", "distil"):
         recipe.train(args, teacher_dir=getattr(args, "teacher", None))
     elif args.verb == "evaluate":

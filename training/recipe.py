@@ -244,6 +244,10 @@ def build_task(args, labels, teacher_dir, samples=(), log=print):
         commands = list(teacher_ckpt["commands"])
     commands = with_split_command(commands, args.data) + [command_line()]
     modality, reason, roi, channels = run_inputs(args, samples, teacher_ckpt, log)
+    if getattr(args, "init", None):  # a `retina-train pretrain` run: its encoder is the --weights, recorded
+        from training import pretrain
+        args.weights, args.init_run = pretrain.init_weights(args.init, args.model)
+        log("init: {} ({} steps of {})".format(args.weights, args.init_run["steps"], args.init_run["method"]))
     net, data_cfg, weights_used = nets.create_model(args.model, len(labels), args.image_size, args.weights,
                                                     in_chans=channels)
     net = net.to(memory_format=torch.channels_last)

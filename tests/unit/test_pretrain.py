@@ -1,0 +1,159 @@
+"""retina-train pretrain: FCMAE for ConvNeXtV2 (mask, masked-only loss, sparse emulation, encoder.pt, --init)."""
+import csv
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="training/ is workstation-only: needs torch")
+pytest.importorskip("timm", reason="training/ is workstation-only: needs timm")
+
+from training import cli, nets, pretrain  # noqa: E402
+
+pytestmark = pytest.mark.torch
+torch.set_num_threads(1)
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "fundus4")
+SIZE = 64
+
+
+def images(cls, n):
+    folder = os.path.join(DATA, cls)
+    if not os.path.isdir(folder):
+        pytest.skip("fundus4 not found at {}".format(DATA))
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:n]]
+
+
+@pytest.fixture(scope="module")
+def split_csv(tmp_path_factory):
+    """8 real images on the train side, 2 on val and 2 on test (distinct groups)."""
+    rows = []
+    for cls in ("normal", "glaucoma"):
+        paths = images(cls, 6)
+        for i, p in enumerate(paths):
+            rows.append({"path": os.path.abspath(p), "label": cls, "group": "{}-{}".format(cls, i),
+                         "split": "train" if i < 4 else ("val" if i == 4 else "test")})
+    path = str(tmp_path_factory.mktemp("pre") / "split.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "group", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return path, rows
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    encoder = nets._create("convnextv2_atto", 0, SIZE)
+    return pretrain.FCMAE(encoder, [0.5] * 3, [0.25] * 3, decoder_dim=32, mask_ratio=0.6)
+
+
+@pytest.mark.parametrize("grid,ratio", [(2, 0.6), (7, 0.6), (4, 0.75)])
+def test_mask_covers_round_ratio_of_patches(grid, ratio):
+    mask = pretrain.random_mask(5, grid, ratio, torch.Generator().manual_seed(1))
+    assert mask.shape == (5, grid, grid)
+    assert (mask.flatten(1).sum(1) == round(ratio * grid * grid)).all()
+    assert not torch.equal(mask[0], mask[1]) or grid == 2  # random per image
+
+
+def test_loss_depends_only_on_masked_patches():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 4, 48), torch.randn(2, 4, 48)
+    mask = torch.tensor([[1., 0., 1., 0.], [0., 1., 0., 0.]])
+    base = pretrain.masked_loss(pred, target, mask)
+    visible = target.clone()
+    visible[0, 1] += torch.randn(48)
+    visible[1, 3] = 5.0 * torch.randn(48)
+    assert torch.equal(pretrain.masked_loss(pred, visible, mask), base)
+    hidden = target.clone()
+    hidden[0, 2] += torch.randn(48)
+    assert not torch.allclose(pretrain.masked_loss(pred, hidden, mask), base)
+
+
+def test_masked_input_does_not_leak_into_visible_features():
+    """Sparse-conv emulation: what lies under a masked patch cannot change the encoder's output anywhere."""
+    model = tiny_model().eval()
+    mask = torch.tensor([[[1., 0.], [0., 1.]]])
+    x = torch.rand(1, 3, SIZE, SIZE)
+    y = x.clone()
+    y[:, :, :32, :32] = torch.rand(1, 3, 32, 32)  # the masked top-left patch
+    with torch.no_grad():
+        a, b = model.encode(x, mask), model.encode(y, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert a[0, :, 0, 0].abs().max() == 0 and a[0, :, 0, 1].abs().max() > 0
+    z = x.clone()
+    z[:, :, :32, 32:] = torch.rand(1, 3, 32, 32)  # a visible patch does change it
+    with torch.no_grad():
+        assert not torch.allclose(model.encode(z, mask), a)
+
+
+def test_loss_decreases_on_one_fixed_batch(split_csv):
+    from training import recipe
+    path, _ = split_csv
+    samples = [s for s in recipe.load_split(path) if s.split == "train"]
+    spec = recipe.make_spec(SIZE, [0.5] * 3, [0.25] * 3)
+    part = recipe.prepare(samples, ["glaucoma", "normal"], spec, "")
+    views = torch.from_numpy(part.images).permute(0, 3, 1, 2).float() / 255
+    model = tiny_model()
+    mask = pretrain.random_mask(len(views), SIZE // 32, 0.6, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(views, mask)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_vit_is_refused_with_a_clear_line():
+    with pytest.raises(ValueError, match="MAE for ViT is not implemented yet; use a ConvNeXtV2 model"):
+        pretrain.check_model("vit_small_patch16_224")
+    with pytest.raises(ValueError, match="ConvNeXtV2"):
+        pretrain.check_model("resnet18")
+
+
+def test_cli_end_to_end_then_teacher_init(split_csv, tmp_path, capsys, monkeypatch):
+    path, rows = split_csv
+    out = str(tmp_path / "pre")
+    read = []
+    from training import data as datalib
+    original = datalib.SampleReader.__call__
+
+    def spy(self, p):
+        read.append(os.path.abspath(p))
+        return original(self, p)
+    monkeypatch.setattr(datalib.SampleReader, "__call__", spy)
+    rc = cli.main(["pretrain", "--data", path, "--out", out, "--image-size", str(SIZE), "--epochs", "2",
+                   "--batch-size", "4", "--max-steps", "2", "--cache-dir", "", "--decoder-dim", "32"])
+    assert rc == 0, capsys.readouterr()
+    held_out = {os.path.abspath(r["path"]) for r in rows if r["split"] != "train"}
+    assert read and not held_out & set(read)  # val/test images never decoded
+    assert set(read) == {os.path.abspath(r["path"]) for r in rows if r["split"] == "train"}
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["steps"] == 2 and config["hardware"]["device"] in ("cpu", "cuda")
+    assert config["split_images"] == {"train": 8, "left_out": 4}
+    assert "epoch" in capsys.readouterr().out
+
+    state = torch.load(os.path.join(out, "encoder.pt"), map_location="cpu")
+    assert not any(k.startswith("head.fc") for k in state)
+    model, _, used = nets.create_model("convnextv2_atto", 4, SIZE, weights=os.path.join(out, "encoder.pt"))
+    own = model.state_dict()
+    backbone = {k for k in own if not k.startswith("head.fc")}
+    assert backbone == set(state)  # every backbone key matched, by name
+    assert all(torch.equal(own[k], state[k]) for k in backbone)
+
+    monkeypatch.setattr(datalib.SampleReader, "__call__", original)
+    tout = str(tmp_path / "teacher")
+    rc = cli.main(["teacher", "--data", path, "--model", "convnextv2_atto", "--init", out, "--out", tout,
+                   "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4", "--max-steps", "1",
+                   "--cache-dir", "", "--augment", "none"])
+    assert rc == 0
+    tconfig = json.load(open(os.path.join(tout, "config.json")))
+    assert tconfig["init"] == out and tconfig["init_run"]["method"] == "fcmae"
+    assert tconfig["weights_used"] == "file:" + os.path.abspath(os.path.join(out, "encoder.pt"))
+
+    rc = cli.main(["teacher", "--data", path, "--model", "convnextv2_femto", "--init", out, "--out",
+                   str(tmp_path / "other"), "--image-size", str(SIZE), "--epochs", "1", "--max-steps", "1",
+                   "--cache-dir", ""])
+    assert rc == 1 and "pretrained convnextv2_atto" in capsys.readouterr().err

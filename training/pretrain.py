@@ -1,0 +1,266 @@
+"""FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on the train split's images (no labels used).
+
+Fully Convolutional Masked AutoEncoder (Woo et al. 2023, ConvNeXt V2): a random ``mask_ratio`` of the
+32x32-pixel patches is hidden, the encoder sees only the visible ones, and a light decoder predicts the
+pixels of every patch; the loss is the mean squared error on per-patch-normalised pixels of the MASKED
+patches only.
+
+The paper's encoder uses sparse convolutions; here they are emulated densely, which gives the same
+numbers: masked patches are zeroed in the input and the mask (at each feature map's resolution) is
+re-applied after the stem, each downsampling layer and each block, and to the input of every Global
+Response Norm (whose spatial L2 norm then counts visible positions only, like the sparse GRN). A 7x7
+depth-wise convolution therefore reads zeros, never features, from a masked region. Stride-2 downsampling
+windows never straddle a 32-pixel patch, so they cannot mix masked with visible positions.
+
+Only the TRAIN side of the split is read: validation and test images never enter pretraining, so a
+teacher initialised from it and measured on them has not seen them in any form.
+
+Output folder: ``encoder.pt`` (the timm model's state dict without its classifier, loadable with
+``--weights PATH`` or ``retina-train teacher --init DIR``), ``config.json`` (resolved options, hardware,
+data provenance) and ``history.json`` (per-epoch loss).
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from training import engine, loop, nets
+from training import recipe
+
+PATCH = 32  # ConvNeXt's total stride: one feature of the last stage per 32x32-pixel patch
+VIT_PREFIXES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "test_vit", "flexivit", "samvit")
+
+
+def check_model(name):
+    """The timm name of a ConvNeXtV2 model, or a ValueError saying what is and is not implemented."""
+    name = nets.resolve_name(name)
+    if name.startswith(VIT_PREFIXES):
+        raise ValueError("{}: MAE for ViT is not implemented yet; use a ConvNeXtV2 model "
+                         "(e.g. convnextv2_atto)".format(name))
+    if not name.startswith("convnextv2"):
+        raise ValueError("{}: FCMAE pretraining is for ConvNeXtV2 models (e.g. convnextv2_atto), the "
+                         "architecture it was designed with".format(name))
+    return name
+
+
+def random_mask(n, grid, ratio, generator):
+    """N x grid x grid float mask, 1 = masked: exactly round(ratio * grid^2) patches per image."""
+    patches = grid * grid
+    k = int(round(ratio * patches))
+    noise = torch.rand(n, patches, generator=generator)
+    order = noise.argsort(dim=1)
+    mask = torch.zeros(n, patches)
+    mask.scatter_(1, order[:, :k], 1.0)
+    return mask.view(n, grid, grid)
+
+
+def upsample_mask(mask, size):
+    """N x g x g patch mask -> N x 1 x H x W at a feature map's (or the image's) resolution."""
+    g = mask.shape[-1]
+    scale = size // g
+    return mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2).unsqueeze(1)
+
+
+def patchify(x, p=PATCH):
+    """N x C x H x W -> N x L x (p*p*C), patches in row-major order."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def masked_loss(pred, target, mask, eps=1e-6):
+    """FCMAE loss: per-patch-normalised pixel MSE averaged over the MASKED patches only.
+
+    pred, target: N x L x D (patchified); mask: N x L (1 = masked)."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    target = (target - mean) / (var + eps) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+
+
+class FCMAE(nn.Module):
+    """A timm ConvNeXtV2 encoder, sparse by dense masking, and a light decoder.
+
+    Decoder: a 1x1 conv to ``decoder_dim``, masked positions replaced by a learned mask token, one
+    ConvNeXtV2 block, and a 1x1 conv to PATCH*PATCH*3 values per patch."""
+
+    def __init__(self, encoder, mean, std, decoder_dim=256, mask_ratio=0.6):
+        super().__init__()
+        from timm.models.convnext import ConvNeXtBlock
+        self.encoder, self.mask_ratio = encoder, mask_ratio
+        self.normalize = engine.Normalize(mean, std)
+        self.proj = nn.Conv2d(encoder.num_features, decoder_dim, 1)
+        self.mask_token = nn.Parameter(torch.zeros(1, decoder_dim, 1, 1))
+        self.decoder = ConvNeXtBlock(decoder_dim, use_grn=True, conv_mlp=True, ls_init_value=None)
+        self.pred = nn.Conv2d(decoder_dim, PATCH * PATCH * 3, 1)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self._mask = None  # patch mask of the forward pass in progress, for the GRN hooks
+        for stage in encoder.stages:
+            for block in stage.blocks:
+                block.mlp.grn.register_forward_pre_hook(self._mask_grn_input)
+
+    def _at(self, x):
+        return upsample_mask(1 - self._mask, x.shape[-1]).to(x.dtype)
+
+    def _mask_grn_input(self, module, inputs):
+        if self._mask is None:
+            return None
+        return (inputs[0] * self._at(inputs[0]),)
+
+    def encode(self, x, mask):
+        """Features of the last stage with masked patches contributing nothing (sparse emulation)."""
+        self._mask = mask
+        try:
+            x = x * upsample_mask(1 - mask, x.shape[-1]).to(x.dtype)
+            x = self.encoder.stem(x)
+            x = x * self._at(x)
+            for stage in self.encoder.stages:
+                x = stage.downsample(x)
+                x = x * self._at(x)
+                for block in stage.blocks:
+                    x = block(x)
+                    x = x * self._at(x)
+        finally:
+            self._mask = None
+        return x
+
+    def decode(self, features, mask):
+        x = self.proj(features)
+        m = mask.unsqueeze(1).to(x.dtype)
+        x = x * (1 - m) + self.mask_token.to(x.dtype) * m
+        x = self.decoder(x)
+        x = self.pred(x)  # N x (p*p*3) x g x g
+        return x.flatten(2).transpose(1, 2)  # N x L x p*p*3, row-major patches like patchify
+
+    def forward(self, views, mask):
+        """views: N x 3 x H x W in [0, 1]; mask: N x g x g (1 = masked). Returns (loss, pred, target)."""
+        x = self.normalize(views)
+        pred = self.decode(self.encode(x, mask), mask)
+        target = patchify(x)
+        return masked_loss(pred, target, mask.flatten(1).to(pred.dtype)), pred, target
+
+
+def lr_at(step, total, steps_per_epoch, lr):
+    """The shape of training.loop's schedule: linear warm-up (an epoch, at most a tenth of the run), then a
+    cosine to zero."""
+    warmup = min(steps_per_epoch, max(1, total // 10))
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def encoder_state(encoder):
+    """The encoder's state dict without the classifier (head.fc): what ``--weights PATH`` loads."""
+    classifier = encoder.default_cfg.get("classifier", "head.fc")
+    return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()
+            if not k.startswith(classifier + ".")}
+
+
+def train_images(args, log=print):
+    """(train samples, N x H x W x 3 uint8 images of the TRAIN side only, spec, data config)."""
+    samples = recipe.load_split(args.data, seed=args.seed)
+    train = [s for s in samples if s.split == "train"]
+    if not train:
+        raise ValueError("{}: no train images in the split".format(args.data))
+    _, data_cfg, _ = nets.create_model(args.model, 1, args.image_size, "none")
+    spec = recipe.input_spec(args.image_size, data_cfg, "fundus")
+    labels = sorted({s.label for s in train})  # only to satisfy Prepared; the labels are never used
+    part = recipe.prepare(train, labels, spec, args.cache_dir, log)
+    log("pretraining on the train split only: {} images ({} val/test images left out)".format(
+        len(train), len(samples) - len(train)))
+    return train, part.images, spec, data_cfg, samples
+
+
+def main(args, log=print):
+    name = check_model(args.model)
+    if args.image_size % PATCH:
+        raise ValueError("--image-size must be a multiple of {} (the masking patch), got {}".format(
+            PATCH, args.image_size))
+    if not 0 < args.mask_ratio < 1:
+        raise ValueError("--mask-ratio must be between 0 and 1, got {}".format(args.mask_ratio))
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train, images, spec, data_cfg, samples = train_images(args, log)
+    encoder = nets._create(name, 0, args.image_size)
+    model = FCMAE(encoder, spec["mean"], spec["std"], decoder_dim=args.decoder_dim,
+                  mask_ratio=args.mask_ratio).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  betas=(0.9, 0.95))
+    batch = min(args.batch_size, len(images))
+    steps_per_epoch = max(1, len(images) // batch)
+    total = args.epochs * steps_per_epoch
+    stop_at = total if args.max_steps is None else min(total, args.max_steps)
+    generator = torch.Generator().manual_seed(args.seed)
+    grid = args.image_size // PATCH
+    log("FCMAE {} on {}: {} images, {}x{} patches of {} px, mask ratio {} ({} masked), batch {}, "
+        "{} steps, device {}".format(name, args.data, len(images), grid, grid, PATCH, args.mask_ratio,
+                                      int(round(args.mask_ratio * grid * grid)), batch, stop_at, device))
+    history, step, start = [], 0, time.time()
+    model.train()
+    for epoch in range(1, args.epochs + 1):
+        if step >= stop_at:
+            break
+        order = torch.randperm(len(images), generator=generator).numpy()
+        t0, losses, seen = time.time(), [], 0
+        for s in range(steps_per_epoch):
+            if step >= stop_at:
+                break
+            idx = np.sort(order[s * batch:(s + 1) * batch])
+            views = engine.augment(images[idx], generator, preset=args.augment).to(device)
+            mask = random_mask(len(idx), grid, args.mask_ratio, generator).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, steps_per_epoch, args.lr)
+            loss = model(views, mask)[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seen += len(idx)
+            step += 1
+        seconds = time.time() - t0
+        entry = {"epoch": epoch, "steps": step, "loss": round(float(np.mean(losses)), 5),
+                 "lr": lr_at(max(0, step - 1), total, steps_per_epoch, args.lr),
+                 "seconds": round(seconds, 2), "images_per_second": round(seen / max(seconds, 1e-9), 2)}
+        history.append(entry)
+        log("epoch {:3d}  loss {:.4f}  lr {:.2e}  {:.1f}s  {:.1f} images/s".format(
+            epoch, entry["loss"], entry["lr"], seconds, entry["images_per_second"]))
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(encoder_state(model.encoder), os.path.join(args.out, "encoder.pt"))
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    config.update({"method": "fcmae", "arch": name, "patch": PATCH, "image_size": args.image_size,
+                   "spec": spec, "steps": step, "train_seconds": round(time.time() - start, 1),
+                   "commands": recipe.with_split_command([recipe.command_line()], args.data),
+                   "commit": recipe.git_commit(), "hardware": loop.hardware(device, "off"),
+                   "data": recipe.data_provenance(args.data, train),
+                   "split_images": {"train": len(train), "left_out": len(samples) - len(train)}})
+    for fname, obj in (("config.json", config), ("history.json", history)):
+        with open(os.path.join(args.out, fname), "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    log("saved {} (load with retina-train teacher --model {} --init {})".format(
+        os.path.join(args.out, "encoder.pt"), name, args.out))
+    return history
+
+
+def init_weights(init, model):
+    """``teacher --init DIR``: DIR/encoder.pt (or the file itself), refused when DIR pretrained another
+    architecture. Returns (path, the pretraining run's summary)."""
+    path = init if init.endswith(".pt") else os.path.join(init, "encoder.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError("{}: no encoder.pt (run retina-train pretrain first)".format(path))
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    cfg = {}
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    arch = nets.resolve_name(model)
+    if cfg.get("arch") and cfg["arch"] != arch:
+        raise ValueError("--init {} pretrained {}, not --model {}".format(init, cfg["arch"], arch))
+    summary = {"encoder": os.path.abspath(path), "method": cfg.get("method"), "arch": cfg.get("arch"),
+               "steps": cfg.get("steps"), "image_size": cfg.get("image_size"), "data": cfg.get("data", {}).get("source")}
+    return path, summary
