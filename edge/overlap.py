@@ -48,6 +48,7 @@ from edge.profiling.profiler import StageTimes
 from edge.records import error_result
 
 POLL_S = 0.1
+ABORT_JOIN_S = 5.0  # after an abort, how long to wait for a thread still inside a decode or a read
 _END = object()      # a producer has no more items
 _ABORTED = object()  # what a get returns once the run is aborted
 
@@ -85,15 +86,16 @@ class OverlappedRun(object):
         threads.append(_start("retina-output", self._emit))
         try:
             self._infer()
-            _join(threads)
+            _join(threads, timeout_s=ABORT_JOIN_S if self.aborted.is_set() else None)
         except BaseException:  # a second Ctrl-C, or a bug on this thread: abort, let threads end, re-raise
             self.aborted.set()
-            _join(threads, timeout_s=5.0)
+            _join(threads, timeout_s=ABORT_JOIN_S)
             raise
         if self.failure is not None:
             self.failure.stats = self.stats
             raise self.failure
         self.stats.interrupted = self.p.stopping and not self.source_ended
+        self.stats.aborted = self.p.aborting
         return self.stats
 
     def fail(self, exc, abort):

@@ -46,12 +46,14 @@ _LATENCY_STAGES = ("pre-process", "host-to-device", "network", "device-to-host",
 
 
 class RunStats(object):
-    """Counts per status; ``interrupted`` when a stop was asked for before the source ended."""
+    """Counts per status; ``interrupted`` when a stop was asked for before the source ended,
+    ``aborted`` when ``Pipeline.abort()`` ended it without the frames in flight."""
 
     def __init__(self):
         self.counts = Counter(dict((s, 0) for s in STATUSES))
         self.referred = 0  # ok results with refer True (the bundle's referral point)
         self.interrupted = False
+        self.aborted = False
 
     @property
     def frames(self):
@@ -110,6 +112,8 @@ class Pipeline(object):
         self.batch = max(lane.batch for lane in self.lanes)
         self.stats = RunStats()
         self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._aborted_run = None  # the overlapped run's own abort event, while one runs
         self._source = None
 
     def stop(self):
@@ -123,9 +127,27 @@ class Pipeline(object):
         if stop_source is not None:
             stop_source()
 
+    def abort(self):
+        """End the run at once, without waiting for the frames in flight (a second Ctrl-C).
+
+        An event the run's threads poll, not an exception raised into the main
+        thread: an exception from a signal handler can land anywhere, even in
+        the clean-up that finishes the ledger. Frames already judged are still
+        written; the run returns with ``stats.aborted`` set.
+        """
+        self._abort.set()
+        self.stop()
+        aborted = self._aborted_run
+        if aborted is not None:
+            aborted.set()
+
     @property
     def stopping(self):
         return self._stop.is_set()
+
+    @property
+    def aborting(self):
+        return self._abort.is_set()
 
     @property
     def in_flight_limit(self):
@@ -279,9 +301,13 @@ class Pipeline(object):
             if self.workers == 0:
                 return self._run_serial(source, self.stats)
             from edge.overlap import OverlappedRun
-            return OverlappedRun(self, source, self.stats).run()
+            overlapped = OverlappedRun(self, source, self.stats)
+            self._aborted_run = overlapped.aborted
+            if self.aborting:  # asked for before the run's threads existed
+                overlapped.aborted.set()
+            return overlapped.run()
         finally:
-            self._source = None
+            self._source = self._aborted_run = None
 
     def finish_frame(self, frame, result, start, stats, source):
         """Emit one frame, then account for it (total time, profiler, counts)."""
@@ -313,6 +339,7 @@ class Pipeline(object):
             failed.stats = stats
             raise failed
         stats.interrupted = self.stopping and not ended
+        stats.aborted = self.aborting
         return stats
 
 

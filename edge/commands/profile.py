@@ -264,10 +264,12 @@ class Profile(object):
                                               ", ".join(k for k in files if k != "report.json")))
 
     def _stop_on_signals(self, pipeline):
-        """SIGINT/SIGTERM end the measurement after the frame in flight; the report is still written."""
+        """SIGINT/SIGTERM end the measurement after the frame in flight, a second Ctrl-C at once (an event,
+        not an exception that could cut the report); the report is still written."""
         def handler(signum, _frame):
-            if self.stopped_by and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+            if self.stopped_by and signum == signal.SIGINT:  # the second: abort, still writing the report
+                pipeline.abort()
+                return
             self.stopped_by.append(signum)
             pipeline.stop()
             sys.stderr.write("\nstopping after the image in flight; the report covers what was measured\n")

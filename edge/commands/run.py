@@ -305,8 +305,8 @@ def screen(args, session, signals):
             pipeline.run(source)
     except PipelineFailed as exc:
         failure = exc
-    except KeyboardInterrupt:  # a second Ctrl-C (our handler raises it): the run was aborted at once
-        signals.aborted = True
+    except KeyboardInterrupt:  # not from our handler (it aborts the pipeline instead): a Ctrl-C from code
+        signals.aborted = True  # that replaced it, e.g. a backend's own; the run still finishes its ledger
     finally:
         signals.finishing()
         report = _report(pipeline, signals, failure, session.stdout_closed)

@@ -24,9 +24,11 @@ class SignalStop(object):
 
     Before ``attach(pipeline)`` a signal raises Interrupted (nothing is running
     yet). After it, the first signal asks the pipeline to stop after the frames
-    in flight and a second Ctrl-C raises KeyboardInterrupt (abort at once).
-    After ``finishing()`` signals only say that the summary is being written,
-    so the ledger's last transaction is never cut.
+    in flight and a second Ctrl-C aborts it at once (``Pipeline.abort()``: an
+    event its threads poll; an exception raised from here could land in the
+    clean-up after the run, before ``finishing()``, and escape it). After
+    ``finishing()`` signals only say that the summary is being written, so the
+    ledger's last transaction is never cut.
     """
 
     def __init__(self, stream=None):
@@ -62,8 +64,11 @@ class SignalStop(object):
         if self.signum is None:
             self.signum = signum
         elif signum == signal.SIGINT and self.pipeline is not None:
-            self.aborted = True
-            raise KeyboardInterrupt
+            if not self.aborted:
+                self.aborted = True
+                self.pipeline.abort()
+                self._say("\nCtrl-C again: aborting now, without the image(s) in flight\n")
+            return
         else:
             return  # a repeated SIGTERM: already stopping
         if self.pipeline is None:

@@ -350,6 +350,29 @@ def test_an_abort_on_the_network_thread_ends_every_thread_and_is_raised(tiny_bun
     assert not [t for t in threading.enumerate() if t.name.startswith("retina-")]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_abort_from_another_thread_ends_the_run_at_once_and_says_so(tiny_bundle, workers):
+    """What a second Ctrl-C does: an event the threads poll, so nothing is raised into the main thread."""
+    class Aborting(RecordingBackend):
+        def __init__(self):
+            super(Aborting, self).__init__()
+            self.pipeline = None
+
+        def infer(self, x):
+            if len(self.batches) == 3:
+                threading.Thread(target=self.pipeline.abort).start()  # as a signal handler would, mid-run
+                time.sleep(0.3)
+            return super(Aborting, self).infer(x)
+    backend = Aborting()
+    pipeline = backend.pipeline = Pipeline(tiny_bundle, backend, workers=workers)
+    stats, collect, _ = run(pipeline, grey_frames(50))
+    assert stats.aborted and stats.interrupted
+    assert stats.frames == len(collect.results) <= 4
+    assert not [t for t in threading.enumerate() if t.name.startswith("retina-")]
+    stats, collect, _ = run(Pipeline(tiny_bundle, RecordingBackend(), workers=workers), grey_frames(5))
+    assert not stats.aborted and stats.frames == 5
+
+
 def test_serial_and_overlapped_give_the_same_rows(tiny_bundle, screen_folder):
     folder = screen_folder[0]
     results = []

@@ -207,3 +207,27 @@ def test_profile_is_a_verb_with_examples(capsys):
     text = capsys.readouterr().out
     assert "examples:" in text and "--idle-seconds" in text and "--power-meter" in text
     assert isinstance(parse([]), Namespace)
+
+
+@pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="samples/fundus is not in this checkout")
+def test_two_ctrl_c_end_the_measurement_at_once_and_the_report_is_still_written(tmp_path, tiny_bundle, board_env):
+    import signal
+    out_dir = str(tmp_path / "prof")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "profile", "--seconds", "600", "--warmup", "1",
+                             "--idle-seconds", "0", "--model", tiny_bundle.root, "--out", out_dir],
+                            cwd=str(tmp_path), env=board_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []
+    for line in iter(proc.stdout.readline, b""):
+        seen.append(line.decode())
+        if line.startswith(b"measuring "):
+            break
+    proc.send_signal(signal.SIGINT)
+    while b"stopping after" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGINT)
+    out = "".join(seen) + proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 130, err + out
+    assert "Traceback" not in err
+    with open(os.path.join(out_dir, "report.json")) as f:
+        assert json.load(f)["run"]["frames_measured"] >= 0

@@ -79,7 +79,7 @@ def test_a_signal_part_way_stops_cleanly_keeps_every_result_and_finishes_the_led
     out = head + proc.stdout.read().decode()
     err = proc.stderr.read().decode()
     rc = proc.wait(timeout=300)
-    assert rc == code, err
+    assert rc == code, err + out
     assert "Traceback" not in err and "Traceback" not in out
     assert "stopping after the image(s) in flight" in err
     assert "stopped by {} before the input ended; every result above is kept".format(name) in out
@@ -114,8 +114,9 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_traceback_and_finishes_the_led
     proc.send_signal(signal.SIGINT)
     out = head + proc.stdout.read().decode()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=300) == EXIT_SIGINT
+    assert proc.wait(timeout=300) == EXIT_SIGINT, err + out
     assert "Traceback" not in err
+    assert "Ctrl-C again: aborting now" in err
     assert "aborted by a second Ctrl-C; the results listed above are kept" in out
     n = summary_count(out)
     (finished, images, summary), = ledger_rows(db, "SELECT finished_at, images, summary FROM runs")
