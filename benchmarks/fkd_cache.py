@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from training import data as datalib, engine, fkd, nets, recipe, splits  # noqa: E402
+from training import data as datalib, engine, fkd, inputs, nets, runs, splits  # noqa: E402
 from training.kd.teacher import Teacher  # noqa: E402
 
 
@@ -38,13 +38,13 @@ def load_images(args, spec):
     parts = {}
     for name, count in (("train", args.count), ("val", max(8, args.count // 2))):
         chosen = [samples[i] for i in rng.permutation(len(samples)) if samples[i].split == name][:count]
-        parts[name] = recipe.prepare(chosen, labels, spec, args.cache_dir, log=lambda *_: None)
+        parts[name] = inputs.prepare(chosen, labels, spec, args.cache_dir, log=lambda *_: None)
     return labels, parts
 
 
 def make_teacher(args, labels):
     if args.teacher:
-        net, ckpt = recipe.load_checkpoint(args.teacher)
+        net, ckpt = runs.load_checkpoint(args.teacher)
         return net, ckpt["spec"]["mean"], ckpt["spec"]["std"], ckpt["spec"]["resize"]["size"], ckpt["arch"]
     net, cfg, _ = nets.create_model(args.teacher_model, len(labels), args.teacher_size, "none")
     return net.eval(), cfg["mean"], cfg["std"], [args.teacher_size] * 2, args.teacher_model + " (random init)"
@@ -70,12 +70,12 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    spec = recipe.make_spec(args.image_size, (0.5,) * 3, (0.5,) * 3)
+    spec = inputs.make_spec(args.image_size, (0.5,) * 3, (0.5,) * 3)
     labels, parts = load_images(args, spec)
     teacher, t_mean, t_std, t_size, t_name = make_teacher(args, labels)
     teacher = teacher.to(memory_format=torch.channels_last)
     student0, s_cfg, s_weights = nets.create_model(args.student_model, len(labels), args.image_size, "imagenet")
-    spec = recipe.make_spec(args.image_size, s_cfg["mean"], s_cfg["std"])
+    spec = inputs.make_spec(args.image_size, s_cfg["mean"], s_cfg["std"])
     train = parts["train"]
     quiet = lambda *_: None  # noqa: E731
     fit_args = dict(batch_size=args.batch_size, lr=1e-3, weight_decay=0.05, seed=0, log=quiet)

@@ -53,11 +53,11 @@ def fold_plan(args, log=print):
             raise ValueError("{}: its folds cover other images than --data {}".format(folds_csv, args.data))
         return [(f, os.path.join(args.teacher, "fold{}".format(f), "split.csv"),
                  os.path.join(args.teacher, "fold{}".format(f), "teacher")) for f in folds]
-    from training import recipe
+    from training import runs
     samples = datalib.load_samples(args.data)
     if not all(s.split for s in samples):
         raise ValueError("{}: --split needs a split CSV (path,label,group,split)".format(args.data))
-    seen = {os.path.abspath(s.path) for s in recipe.run_split(args.teacher) if s.split == "train"}
+    seen = {os.path.abspath(s.path) for s in runs.run_split(args.teacher) if s.split == "train"}
     leaked = [s.path for s in samples if s.split == "test" and os.path.abspath(s.path) in seen]
     if leaked:
         raise ValueError("the teacher {} trained on {} of the test images of {}, e.g. {}".format(

@@ -289,15 +289,14 @@ def run(args):
     if args.verb == "explain":
         from training import explain
         return explain.main(args)
-    from training import recipe
     if args.verb == "split":
-        from training import data as datalib, splits
+        from training import data as datalib, provenance, splits
         if args.test + args.val >= 1:
             raise ValueError("--test + --val must be below 1")
         fractions = {"train": 1 - args.test - args.val, "val": args.val, "test": args.test}
         samples = splits.grouped_split(datalib.load_samples(args.data), fractions, seed=args.seed)
         datalib.write_manifest(samples, args.out)
-        recipe.record_split_command(args.out)
+        provenance.record_split_command(args.out)
         for name, counts in sorted(splits.summarize(samples).items()):
             print("{:<5} {:5d} images  {}".format(name, sum(counts.values()), dict(sorted(counts.items()))))
         print("wrote {} (no group on two sides: checked)".format(args.out))
@@ -305,8 +304,10 @@ def run(args):
         from training import pretrain
         pretrain.main(args)
     elif args.verb in ("teacher", "distil"):
+        from training import recipe
         recipe.train(args, teacher_dir=getattr(args, "teacher", None))
     elif args.verb == "evaluate":
+        from training import recipe
         recipe.evaluate(args)
     elif args.verb == "export":
         from training import export

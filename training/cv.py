@@ -23,7 +23,6 @@ import csv
 import json
 import os
 
-import numpy as np
 
 from training import data as datalib
 from training import leakage, splits

@@ -20,11 +20,11 @@ FOLD_METRICS = ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece")
 def write_fold_predictions(run_dir, samples, fold, model, cache_dir, path, log=print):
     """Predict the fold's test images with the run's checkpoint; write them (atomically) to ``path``."""
     from edge.postprocess import softmax
-    from training import engine, recipe
-    net, ckpt = recipe.load_checkpoint(run_dir)
+    from training import engine, inputs, runs
+    net, ckpt = runs.load_checkpoint(run_dir)
     labels = ckpt["labels"]
     # the whole fold's array, so the cache the training filled is reused; then its test rows
-    part = recipe.prepare(samples, labels, ckpt["spec"], cache_dir, log)
+    part = inputs.prepare(samples, labels, ckpt["spec"], cache_dir, log)
     test = [i for i, s in enumerate(samples) if s.split == "test"]
     probs = softmax(engine.predict_logits(net, part.images[test], ckpt["spec"]).astype(np.float64))
     rows = [[s.path, s.label, s.group, fold, model] + ["{:.6f}".format(p) for p in pr]

@@ -167,7 +167,7 @@ def main(args, log=print):
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError("unknown method(s) {}; choose from {}".format(unknown, ", ".join(METHODS)))
-    from training.recipe import load_checkpoint
+    from training.runs import load_checkpoint
     student = load_checkpoint(args.checkpoint)
     networks = [("student", student)]
     teacher_dir = None if args.teacher == "none" else (args.teacher or default_teacher(student[1], args.checkpoint))

@@ -13,7 +13,9 @@ from edge.io.sources import list_images
 from edge.preprocess import preprocess
 from models.bundle import load_bundle, write_bundle, write_explain
 from training import data as datalib, modelcard
-from training.recipe import channels_of, command_line, git_commit, load_checkpoint, run_split, with_split_command
+from training.inputs import channels_of
+from training.provenance import command_line, git_commit, with_split_command
+from training.runs import load_checkpoint, run_split
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

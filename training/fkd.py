@@ -199,17 +199,17 @@ def default_path(teacher_dir):
 
 def main(args, log=print):
     """retina-train soft-labels: the teacher's probabilities on --epochs views of every training image."""
-    from training import recipe
+    from training import data as datalib, inputs, provenance, runs
     from training.kd.teacher import Teacher
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    samples = recipe.load_split(args.data, seed=args.seed)
+    samples = inputs.load_split(args.data, seed=args.seed)
     labels = sorted({s.label for s in samples})
-    net, ckpt = recipe.load_checkpoint(args.teacher)
+    net, ckpt = runs.load_checkpoint(args.teacher)
     if ckpt["labels"] != labels:
         raise ValueError("teacher labels {} differ from data labels {}".format(ckpt["labels"], labels))
     t_spec = ckpt["spec"]
-    spec = recipe.make_spec(args.image_size, t_spec["mean"], t_spec["std"])  # the student's prepared images
-    train = recipe.prepare_splits(samples, labels, spec, args.cache_dir, log)["train"]
+    spec = inputs.make_spec(args.image_size, t_spec["mean"], t_spec["std"])  # the student's prepared images
+    train = inputs.prepare_splits(samples, labels, spec, args.cache_dir, log)["train"]
     teacher = Teacher(net.to(memory_format=torch.channels_last), engine.Normalize(t_spec["mean"], t_spec["std"]),
                       t_spec["resize"]["size"])
     logits_of = _Logits(teacher).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,8 +218,8 @@ def main(args, log=print):
     out = args.out or default_path(args.teacher)
     meta = {"teacher": os.path.abspath(args.teacher), "teacher_arch": ckpt["arch"], "labels": labels,
             "temperature": args.temperature, "image_size": args.image_size, "epochs": args.epochs,
-            "seed": args.seed, "param_names": list(PARAM_NAMES), "command": recipe.command_line(),
-            "split_sha256": recipe.datalib.split_sha256(samples),
+            "seed": args.seed, "param_names": list(PARAM_NAMES), "command": provenance.command_line(),
+            "split_sha256": datalib.split_sha256(samples),
             "paths": [os.path.abspath(s.path) for s in train.samples], "seconds": round(time.time() - start, 1)}
     save(out, params, probs, meta)
     log("wrote {}: {} epochs x {} views, {} classes (float16), in {:.1f} s".format(

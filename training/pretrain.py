@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from training import engine, loop, nets
-from training import recipe
+from training import inputs, provenance
 
 PATCH = 32  # ConvNeXt's total stride: one feature of the last stage per 32x32-pixel patch
 VIT_PREFIXES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "test_vit", "flexivit", "samvit")
@@ -163,14 +163,14 @@ def encoder_state(encoder):
 
 def train_images(args, log=print):
     """(train samples, N x H x W x 3 uint8 images of the TRAIN side only, spec, data config)."""
-    samples = recipe.load_split(args.data, seed=args.seed)
+    samples = inputs.load_split(args.data, seed=args.seed)
     train = [s for s in samples if s.split == "train"]
     if not train:
         raise ValueError("{}: no train images in the split".format(args.data))
     _, data_cfg, _ = nets.create_model(args.model, 1, args.image_size, "none")
-    spec = recipe.input_spec(args.image_size, data_cfg, "fundus")
+    spec = inputs.input_spec(args.image_size, data_cfg, "fundus")
     labels = sorted({s.label for s in train})  # only to satisfy Prepared; the labels are never used
-    part = recipe.prepare(train, labels, spec, args.cache_dir, log)
+    part = inputs.prepare(train, labels, spec, args.cache_dir, log)
     log("pretraining on the train split only: {} images ({} val/test images left out)".format(
         len(train), len(samples) - len(train)))
     return train, part.images, spec, data_cfg, samples
@@ -234,9 +234,9 @@ def main(args, log=print):
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config.update({"method": "fcmae", "arch": name, "patch": PATCH, "image_size": args.image_size,
                    "spec": spec, "steps": step, "train_seconds": round(time.time() - start, 1),
-                   "commands": recipe.with_split_command([recipe.command_line()], args.data),
-                   "commit": recipe.git_commit(), "hardware": loop.hardware(device, "off"),
-                   "data": recipe.data_provenance(args.data, train),
+                   "commands": provenance.with_split_command([provenance.command_line()], args.data),
+                   "commit": provenance.git_commit(), "hardware": loop.hardware(device, "off"),
+                   "data": provenance.data_provenance(args.data, train),
                    "split_images": {"train": len(train), "left_out": len(samples) - len(train)}})
     for fname, obj in (("config.json", config), ("history.json", history)):
         with open(os.path.join(args.out, fname), "w") as f:

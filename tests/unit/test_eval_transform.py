@@ -16,7 +16,7 @@ from edge.io.decode import read_image
 from edge.preprocess import preprocess  # noqa: E402
 from training import data as datalib  # noqa: E402
 from training import engine  # noqa: E402
-from training.recipe import make_spec  # noqa: E402
+from training.inputs import make_spec  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -18,9 +18,9 @@ LABELS = ["cataract", "diabetic_retinopathy", "glaucoma", "normal"]
 
 
 def _tiny_run(folder, arch, size, teacher=None):
-    """A run folder holding a checkpoint of an untrained tiny timm model, in recipe.save_run's layout."""
+    """A run folder holding a checkpoint of an untrained tiny timm model, in runs.save_run's layout."""
     from training import nets
-    from training.recipe import make_spec
+    from training.inputs import make_spec
     torch.manual_seed(0)
     net, cfg, used = nets.create_model(arch, len(LABELS), size, "none")
     os.makedirs(folder)
@@ -41,7 +41,7 @@ def test_grad_cam_of_a_pooled_linear_head_is_the_class_activation_map(tmp_path):
     from edge.io.decode import read_image
     from edge.preprocess import preprocess
     from training.explain import feature_map_and_logits, gradient_maps
-    from training.recipe import load_checkpoint
+    from training.runs import load_checkpoint
     net, ckpt = load_checkpoint(_tiny_run(str(tmp_path / "student"), "test_efficientnet", 64))
     x = torch.from_numpy(preprocess(read_image(_images()[0]), ckpt["spec"]))
     for k in range(len(LABELS)):

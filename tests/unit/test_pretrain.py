@@ -87,11 +87,11 @@ def test_masked_input_does_not_leak_into_visible_features():
 
 
 def test_loss_decreases_on_one_fixed_batch(split_csv):
-    from training import recipe
+    from training import inputs
     path, _ = split_csv
-    samples = [s for s in recipe.load_split(path) if s.split == "train"]
-    spec = recipe.make_spec(SIZE, [0.5] * 3, [0.25] * 3)
-    part = recipe.prepare(samples, ["glaucoma", "normal"], spec, "")
+    samples = [s for s in inputs.load_split(path) if s.split == "train"]
+    spec = inputs.make_spec(SIZE, [0.5] * 3, [0.25] * 3)
+    part = inputs.prepare(samples, ["glaucoma", "normal"], spec, "")
     views = torch.from_numpy(part.images).permute(0, 3, 1, 2).float() / 255
     model = tiny_model()
     mask = pretrain.random_mask(len(views), SIZE // 32, 0.6, torch.Generator().manual_seed(0))

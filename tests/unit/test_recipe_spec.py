@@ -1,11 +1,11 @@
-"""training.recipe.make_spec and the model card read the bundle's preprocessing vocabulary (workstation side)."""
+"""training.inputs.make_spec and the model card read the bundle's preprocessing vocabulary (workstation side)."""
 import pytest
 
 torch = pytest.importorskip("torch", reason="training/ is workstation-only: needs torch")
 
 from models.bundle import BundleError, PreprocessError, validate_manifest  # noqa: E402
 from training import modelcard  # noqa: E402
-from training.recipe import make_spec  # noqa: E402
+from training.inputs import make_spec  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -183,7 +183,7 @@ def test_file_name_rule_regexes_are_anchored():
 
 
 def test_split_command_is_recorded_and_put_first(tmp_path, monkeypatch):
-    from training.recipe import record_split_command, with_split_command
+    from training.provenance import record_split_command, with_split_command
     split_csv = str(tmp_path / "split.csv")
     open(split_csv, "w").close()
     assert with_split_command(["retina-train teacher x"], split_csv) == ["retina-train teacher x"]
