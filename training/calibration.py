@@ -66,6 +66,17 @@ def fit_temperature(logits, targets, low=0.05, high=20.0, tolerance=1e-6):
     return t
 
 
+def at_temperature(probs, temperature):
+    """Probabilities written at T = 1 re-scaled to ``temperature`` (a number, or one per row as an N x 1
+    array): softmax(log p / T) equals softmax(z / T) for the logits z they came from (the softmax ignores a
+    constant shift); p = 0 stays 0."""
+    with np.errstate(divide="ignore"):
+        z = np.log(np.asarray(probs, dtype=np.float64)) / np.asarray(temperature, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def class_report(predicted, targets, labels):
     """Accuracy, balanced accuracy, per-class recall and the confusion matrix (rows: truth)."""
     predicted, targets = np.asarray(predicted), np.asarray(targets)

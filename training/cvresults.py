@@ -1,8 +1,10 @@
 """Predictions and figures of a cross-validation run (training.cv).
 
 predictions.csv is the contract with `retina-train report`: one row per (test image, model),
-columns ``path,label,group,fold,model,p_<class>...`` (softmax probabilities at temperature 1, classes
-in the checkpoint's label order; paths relative to the CSV's folder).
+columns ``path,label,group,fold,model,temperature,p_<class>...`` (softmax probabilities at temperature 1,
+classes in the checkpoint's label order; paths relative to the CSV's folder). ``temperature`` is the one
+fitted on that fold's val split for that model (its test images never seen), so the calibrated figures
+of a CV run are what a bundle calibrated the same way would show; files written before it have none (1).
 """
 import csv
 import os
@@ -10,11 +12,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from training.calibration import ECE_BINS, ece
+from training.calibration import ECE_BINS, at_temperature, ece, fit_temperature
 from training.sources import SOURCE_KINDS, source_kind
 
-FIXED_COLUMNS = ["path", "label", "group", "fold", "model"]
-FOLD_METRICS = ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece")
+FIXED_COLUMNS = ["path", "label", "group", "fold", "model", "temperature"]
+FOLD_METRICS = ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece", "ece_calibrated")
 
 
 def write_fold_predictions(run_dir, samples, fold, model, cache_dir, path, log=print):
@@ -26,11 +28,26 @@ def write_fold_predictions(run_dir, samples, fold, model, cache_dir, path, log=p
     # the whole fold's array, so the cache the training filled is reused; then its test rows
     part = inputs.prepare(samples, labels, ckpt["spec"], cache_dir, log)
     test = [i for i, s in enumerate(samples) if s.split == "test"]
+    val = [i for i, s in enumerate(samples) if s.split == "val"]
     probs = softmax(engine.predict_logits(net, part.images[test], ckpt["spec"]).astype(np.float64))
-    rows = [[s.path, s.label, s.group, fold, model] + ["{:.6f}".format(p) for p in pr]
+    temperature, how = 1.0, "no val images: T = 1"
+    if val:
+        try:
+            temperature = fit_temperature(engine.predict_logits(net, part.images[val], ckpt["spec"]),
+                                          part.targets[val])
+            how = "fitted on {} val images".format(len(val))
+        except ValueError as exc:  # a network that learnt nothing: say so rather than fail the fold
+            how = "not fitted, T = 1 ({})".format(exc)
+    rows = [[s.path, s.label, s.group, fold, model, "{:.6f}".format(temperature)] + [_p(p) for p in pr]
             for s, pr in zip([samples[i] for i in test], probs)]
     write_predictions(rows, labels, path)
-    log("fold {} {}: {} test predictions -> {}".format(fold, model, len(rows), path))
+    log("fold {} {}: {} test predictions -> {} (temperature {:.4f}, {})".format(
+        fold, model, len(rows), path, temperature, how))
+
+
+def _p(p):
+    """A probability with enough digits that a temperature can be applied to it afterwards."""
+    return "{:.9g}".format(p)
 
 
 def write_predictions(rows, labels, path):
@@ -45,13 +62,14 @@ def write_predictions(rows, labels, path):
 
 
 def read_predictions(path):
-    """(labels, rows) with rows = dicts: path (absolute), label, group, fold (int), model, probs."""
+    """(labels, rows) with rows = dicts: path (absolute), label, group, fold (int), model, temperature, probs."""
     base = os.path.dirname(os.path.abspath(path))
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         labels = [c[2:] for c in reader.fieldnames if c.startswith("p_")]
         rows = [{"path": os.path.normpath(os.path.join(base, r["path"])), "label": r["label"], "group": r["group"],
-                 "fold": int(r["fold"]), "model": r["model"], "probs": [float(r["p_" + lab]) for lab in labels]}
+                 "fold": int(r["fold"]), "model": r["model"], "temperature": float(r.get("temperature") or 1.0),
+                 "probs": [float(r["p_" + lab]) for lab in labels]}
                 for r in reader]
     return labels, rows
 
@@ -71,15 +89,17 @@ def gather(out_dir, folds, models):
             rows += fold_rows
     if labels is None:
         raise RuntimeError("{}: no fold predictions found".format(out_dir))
-    write_predictions([[r["path"], r["label"], r["group"], r["fold"], r["model"]] +
-                       ["{:.6f}".format(p) for p in r["probs"]] for r in rows],
+    write_predictions([[r["path"], r["label"], r["group"], r["fold"], r["model"], "{:.6f}".format(r["temperature"])] +
+                       [_p(p) for p in r["probs"]] for r in rows],
                       labels, os.path.join(out_dir, "predictions.csv"))
     return labels, rows
 
 
 def figures(labels, rows):
-    """accuracy, balanced accuracy, glaucoma recall (None without that class), ECE and n of some rows."""
+    """accuracy, balanced accuracy, glaucoma recall (None without that class), ECE at T = 1 and at each row's
+    fold temperature, and n of some rows."""
     probs = np.array([r["probs"] for r in rows], dtype=np.float64)
+    calibrated = at_temperature(probs, np.array([[r.get("temperature", 1.0)] for r in rows]))
     targets = np.array([labels.index(r["label"]) for r in rows])
     predicted = probs.argmax(axis=1)
     recalls = [float((predicted[targets == c] == c).mean()) for c in range(len(labels)) if (targets == c).any()]
@@ -88,7 +108,7 @@ def figures(labels, rows):
     return {"n": len(rows), "accuracy": float((predicted == targets).mean()),
             "balanced_accuracy": float(np.mean(recalls)),
             "glaucoma_recall": float((predicted[targets == glaucoma] == glaucoma).mean()) if has_glaucoma else None,
-            "ece": ece(probs, targets, ECE_BINS)}
+            "ece": ece(probs, targets, ECE_BINS), "ece_calibrated": ece(calibrated, targets, ECE_BINS)}
 
 
 def mean_sd(values):
@@ -137,8 +157,8 @@ def _pm(entry, scale=100.0):
 
 def format_summary(summary):
     lines = ["cross-validation, {} folds (mean +- sd over folds, %):".format(len(summary["folds"])),
-             "  {:<12} {:>14} {:>14} {:>14} {:>14}".format("model", "accuracy", "balanced acc", "glaucoma rec",
-                                                          "ECE")]
+             "  {:<12} {:>14} {:>14} {:>14} {:>14} {:>14}".format("model", "accuracy", "balanced acc",
+                                                                 "glaucoma rec", "ECE (T=1)", "ECE (fold T)")]
     for model, m in summary["models"].items():
         lines.append("  {:<12} ".format(model) + " ".join("{:>14}".format(_pm(m[k])) for k in FOLD_METRICS))
         for kind, k in m["per_source_kind"].items():

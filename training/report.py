@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.postprocess import Rule, softmax
 from training import metrics
-from training.calibration import ECE_BINS, ece
+from training.calibration import ECE_BINS, at_temperature, ece
 from training.sources import SOURCE_KINDS, source_kind
 
 BOOTSTRAPS = 1000
@@ -140,7 +140,9 @@ def agreement(a, b):
 # --- predictions CSV (cross-validation) ----------------------------------------------------------------------
 
 def read_predictions(path, negative=("normal",)):
-    """{model: {fold: Evaluation}} from path,label,group,fold,model,p_<class>... (probabilities as written)."""
+    """{model: {fold: Evaluation}} from path,label,group,fold,model[,temperature],p_<class>... With a
+    temperature column (`retina-train cv` fits one per fold and model on that fold's val split) the figures
+    are at it and the T = 1 probabilities as written are the "before" of the reliability diagram."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -164,15 +166,18 @@ def read_predictions(path, negative=("normal",)):
             raise ValueError("{}:{}: the probabilities must be >= 0 and sum to 1 (they sum to {:.4f})".format(
                 path, line, sum(p)))
         found.setdefault(row["model"], {}).setdefault(row["fold"], []).append((row, p))
-    has_group = "group" in columns
+    has_group, has_temperature = "group" in columns, "temperature" in columns
     out = {}
     for model, folds in sorted(found.items()):
         out[model] = {}
         for fold, items in sorted(folds.items(), key=lambda kv: _fold_key(kv[0])):
+            raw = np.array([p for _, p in items])
+            probs = at_temperature(raw, np.array([[float(r["temperature"] or 1)] for r, _ in items])) \
+                if has_temperature else raw
             out[model][fold] = Evaluation(
                 labels, [r["path"] for r, _ in items], [labels.index(r["label"]) for r, _ in items],
                 np.array([r["group"] or r["path"] for r, _ in items]) if has_group else None,
-                np.array([p for _, p in items]), negative=negative)
+                probs, raw_probs=raw if has_temperature else None, negative=negative)
     return labels, out
 
 
@@ -185,8 +190,9 @@ def pooled(folds):
     first = evs[0]
     groups = None if first.groups is None else np.concatenate(
         [np.array(["{}|{}".format(fold, g) for g in ev.groups]) for fold, ev in folds.items()])
+    raw = None if any(e.raw_probs is None for e in evs) else np.concatenate([e.raw_probs for e in evs])
     ev = Evaluation(first.labels, sum([e.paths for e in evs], []), np.concatenate([e.targets for e in evs]),
-                    groups, np.concatenate([e.probs for e in evs]))
+                    groups, np.concatenate([e.probs for e in evs]), raw_probs=raw)
     ev.negative = first.negative
     return ev
 

@@ -43,6 +43,16 @@ def test_temperature_fit_recovers_a_known_temperature(true_temperature):
     assert cal.ece(softmax(logits, fitted), targets) < 0.02 < cal.ece(softmax(logits), targets)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_a_temperature_applied_to_written_probabilities_equals_it_applied_to_the_logits(temperature):
+    """CV writes probabilities at T = 1 and applies each fold's T afterwards: the same numbers."""
+    logits, _ = synthetic(true_temperature=1.0)
+    written = np.array([[float("{:.9g}".format(p)) for p in row] for row in softmax(logits)])
+    assert np.allclose(cal.at_temperature(written, temperature), softmax(logits, temperature), atol=1e-6)
+    per_row = cal.at_temperature(written[:2], np.array([[temperature], [1.0]]))
+    assert np.allclose(per_row[1], written[1], atol=1e-8)
+
+
 def test_temperature_on_the_search_bound_is_an_error():
     logits = np.tile([[5.0, 0.0, 0.0, 0.0]], (40, 1))
     with pytest.raises(ValueError, match="search bound"):

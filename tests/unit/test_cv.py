@@ -16,7 +16,7 @@ pytestmark = pytest.mark.torch
 
 from conftest import LABELS, REPO_ROOT  # noqa: E402
 from training import cv, cvresults  # noqa: E402
-from training.calibration import ece  # noqa: E402
+from training.calibration import at_temperature, ece  # noqa: E402
 from training.data import group_of, scan_folder  # noqa: E402
 from training.splits import check_no_leak  # noqa: E402
 
@@ -73,6 +73,14 @@ def test_figures_are_accuracy_balanced_accuracy_glaucoma_recall_and_ece():
     assert f["balanced_accuracy"] == pytest.approx((1 / 2.0 + 2 / 3.0) / 2)
     assert f["glaucoma_recall"] == pytest.approx(2 / 3.0)
     assert f["ece"] == pytest.approx(ece(np.array([r["probs"] for r in rows]), [0, 0, 1, 1, 1]))
+    assert f["ece_calibrated"] == pytest.approx(f["ece"])  # no temperature: T = 1
+    for r in rows:
+        r["temperature"] = 2.0
+    softer = cvresults.figures(labels, rows)
+    assert softer["accuracy"] == f["accuracy"] and softer["ece"] == f["ece"]
+    assert softer["ece_calibrated"] == pytest.approx(ece(at_temperature(np.array([r["probs"] for r in rows]), 2.0),
+                                                         [0, 0, 1, 1, 1]))
+    assert softer["ece_calibrated"] != pytest.approx(f["ece"])
     assert cvresults.mean_sd([0.5, 0.7]) == {"mean": pytest.approx(0.6), "sd": pytest.approx(0.1414, abs=1e-4)}
 
 
@@ -133,7 +141,8 @@ def test_predictions_follow_the_report_contract(cv_run):
     path = os.path.join(cv_run["out"], "predictions.csv")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "label", "group", "fold", "model"] + ["p_" + l for l in LABELS]
+        assert reader.fieldnames == ["path", "label", "group", "fold", "model", "temperature"] + \
+            ["p_" + l for l in LABELS]
         rows = list(reader)
     assert Counter(r["model"] for r in rows) == {"teacher": 40, "student": 40, "labels_only": 40}
     folds = {s.path: s.split for s in cv.read_folds(os.path.join(cv_run["out"], "folds.csv"))}
@@ -168,13 +177,31 @@ def test_cv_json_has_per_fold_and_mean_sd_figures_per_source_kind(cv_run):
     for model in ("teacher", "student", "labels_only"):
         m = summary["models"][model]
         assert sorted(m["per_fold"]) == ["0", "1", "2"]
-        for key in ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece"):
+        for key in ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece", "ece_calibrated"):
             per_fold = [m["per_fold"][f][key] for f in "012"]
             assert m[key]["mean"] == pytest.approx(np.mean(per_fold))
             assert m[key]["sd"] == pytest.approx(np.std(per_fold, ddof=1))
         assert sum(k["n"] for k in m["per_source_kind"].values()) == 40
     assert "kd_gain_accuracy" in summary
     assert summary["source_only_classifier"]["labels"] == LABELS
+
+
+def test_each_fold_model_temperature_is_the_one_its_own_val_split_gives(cv_run):
+    """Per fold, per model: T fitted on that fold's val images (never its test ones), as calibrate does."""
+    from training import engine, inputs, runs
+    from training.calibration import fit_temperature
+    with open(os.path.join(cv_run["out"], "predictions.csv"), newline="") as f:
+        written = {(r["fold"], r["model"]): float(r["temperature"]) for r in csv.DictReader(f)}
+    run_dir = os.path.join(cv_run["out"], "fold1", "student")
+    net, ckpt = runs.load_checkpoint(run_dir)
+    val = [s for s in runs.run_split(run_dir) if s.split == "val"]
+    part = inputs.prepare(val, ckpt["labels"], ckpt["spec"], os.path.join(cv_run["out"], "cache"))
+    try:
+        expected = fit_temperature(engine.predict_logits(net, part.images, ckpt["spec"]), part.targets)
+    except ValueError:  # two steps of training may leave nothing to fit: then T = 1, and the log says so
+        expected = 1.0
+    assert written["1", "student"] == pytest.approx(expected, rel=1e-4)
+    assert len(set(written.values())) > 1  # one per fold and model, not one for the run
 
 
 def test_a_second_run_resumes_without_training(cv_run):

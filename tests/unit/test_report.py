@@ -19,7 +19,7 @@ from edge.io.sources import ImageFiles  # noqa: E402
 from edge.io.uri import parse_input  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from models.bundle import load_bundle, write_postprocess  # noqa: E402
-from training import metrics, report  # noqa: E402
+from training import calibration as cal, metrics, report  # noqa: E402
 
 pytestmark = pytest.mark.torch  # tests that import training/ are workstation tests (pytest.ini)
 
@@ -173,6 +173,29 @@ def test_predictions_with_an_image_root_break_down_by_image_size(tmp_path, fundu
     assert all("x" in size for size in pooled["by_size"])
     with pytest.raises(FileNotFoundError, match="image missing"):
         report.predictions_report(path, bootstraps=50, data=str(tmp_path))
+
+
+def test_a_fold_temperature_column_calibrates_the_figures_and_keeps_the_written_ones_as_before(tmp_path):
+    labels = ["glaucoma", "normal"]
+    rng = np.random.RandomState(0)
+    rows = []
+    for fold, temperature in (("0", 2.0), ("1", 0.5)):
+        for i in range(40):
+            z = rng.normal(0, 3, 2)
+            p = np.exp(z) / np.exp(z).sum()
+            rows.append(["f{}_{}.jpg".format(fold, i), labels[i % 2], "g{}".format(i), fold, "student",
+                         str(temperature)] + ["{:.9g}".format(v) for v in p])
+    path = str(tmp_path / "predictions.csv")
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "group", "fold", "model", "temperature", "p_glaucoma",
+                                  "p_normal"]] + rows)
+    _, models = report.read_predictions(path)
+    for fold, temperature in (("0", 2.0), ("1", 0.5)):
+        ev = models["student"][fold]
+        assert np.allclose(ev.probs, cal.at_temperature(ev.raw_probs, temperature))
+        assert not np.allclose(ev.probs, ev.raw_probs)
+    pooled = report.pooled(models["student"])
+    assert pooled.raw_probs is not None and len(pooled.raw_probs) == 80
 
 
 def test_a_bad_predictions_file_names_the_file_and_line(tmp_path):
