@@ -164,6 +164,8 @@ def _open_outputs(session, uris, args, log):
     for uri in uris:
         try:
             session.outputs.append(open_output(uri, labels, output_options))
+            if getattr(session.outputs[-1], "note", None):
+                log(session.outputs[-1].note)
         except OutputDisabled as exc:
             log(str(exc))
         except OutputError as exc:

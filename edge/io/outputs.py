@@ -83,10 +83,14 @@ class CsvOutput(Output):
     ``status != "volume"``.
 
     Appends to an existing file with the same columns (runs accumulate, as in the
-    ledger); a file with other columns (another bundle's classes, or an older
-    retina-edge's columns) is refused rather than mixed. Each row is flushed as it
-    is written.
+    ledger). A file an older retina-edge wrote for the same classes (without the
+    columns added since: ``LATER_COLUMNS``) is upgraded first: rewritten beside
+    itself with those columns empty in its rows, then put in its place, and
+    ``note`` says so. Any other file with other columns (another bundle's
+    classes) is refused rather than mixed. Each row is flushed as it is written.
     """
+    # columns added after the first release, in the order they came; an older file lacks a tail of them
+    LATER_COLUMNS = ("refer", "modality", "model")
 
     def __init__(self, uri, labels, options=None):
         super(CsvOutput, self).__init__(uri, labels, options)
@@ -94,6 +98,7 @@ class CsvOutput(Output):
         self.volumes = VolumeTally(self.options.get("negatives"))
         self.header = (["path", "label", "confidence", "refer"] + ["p_" + l for l in self.labels]
                        + ["status", "error", "latency_ms", "modality", "model"])
+        self.note = None
         existing = self._existing_header()
         _ensure_parent(self.path)
         self.file = io.open(self.path, "a", newline="", encoding="utf-8")
@@ -107,6 +112,11 @@ class CsvOutput(Output):
             return None
         with io.open(self.path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
+        lacks = [c for c in self.header if c not in (header or [])]
+        if lacks and header == [c for c in self.header if c not in lacks] and \
+                all(c in self.LATER_COLUMNS for c in lacks):
+            self._upgrade(header)
+            return self.header
         if header != self.header:
             header = header or []
             differ = []
@@ -119,6 +129,26 @@ class CsvOutput(Output):
                               "appending would misalign the rows: give a new results file or move this one "
                               "away".format(self.path, "; ".join(differ) or "in another order"))
         return header
+
+    def _upgrade(self, old):
+        """Rewrite an older retina-edge's file with this version's columns, the new ones empty in old rows."""
+        where = [old.index(c) if c in old else None for c in self.header]
+        tmp = self.path + ".upgrading"
+        with io.open(self.path, newline="", encoding="utf-8") as f, \
+                io.open(tmp, "w", newline="", encoding="utf-8") as out:
+            rows = csv.reader(f)
+            next(rows)
+            writer = csv.writer(out)
+            writer.writerow(self.header)
+            count = 0
+            for row in rows:
+                writer.writerow([row[i] if i is not None and i < len(row) else "" for i in where])
+                count += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)  # the old file stays whole until the new one is complete
+        self.note = "{}: written by an older retina-edge; added the column(s) {} (empty in its {} row(s))".format(
+            self.path, ", ".join(c for c, i in zip(self.header, where) if i is None), count)
 
     def write(self, frame, r):
         self._row(r.path, r.label, r.confidence, r.refer, r.probs, r.status, r.error, r.latency_ms,

@@ -167,21 +167,50 @@ def test_console_marks_referral_and_keeps_the_old_line_without_one():
                                            "ok     normal                  40.0%  c.jpg"]
 
 
-# The header retina-edge wrote before the referral column (commit 8e5f3bf).
+# The header retina-edge writes now, and the one it wrote before the referral column (commit 8e5f3bf).
+CSV_HEADER = (["path", "label", "confidence", "refer"] + ["p_" + l for l in LABELS]
+              + ["status", "error", "latency_ms", "modality", "model"])
 OLD_HEADER = (["path", "label", "confidence"] + ["p_" + l for l in LABELS]
               + ["status", "error", "latency_ms", "modality"])
 
 
-def test_appending_to_a_results_csv_with_the_old_columns_is_refused_naming_the_file(tmp_path):
+def test_a_results_csv_from_an_older_retina_edge_is_upgraded_in_place_and_appended_to(tmp_path):
+    """A technician updates retina-edge and keeps appending to last month's results file."""
     path = str(tmp_path / "results.csv")
+    old_rows = [["a.jpg", "normal", "0.9"] + ["0.25"] * 4 + ["ok", "", "1.0", "fundus"],
+                ["b.jpg", "", ""] + [""] * 4 + ["error", "decode: b.jpg: empty file (0 bytes)", "", ""]]
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([OLD_HEADER, ["a.jpg", "normal", "0.9"] + ["0.25"] * 4 + ["ok", "", "1.0", ""]])
+        csv.writer(f).writerows([OLD_HEADER] + old_rows)
+    sink = open_output(path, LABELS)
+    assert sink.note == "{}: written by an older retina-edge; added the column(s) refer, model (empty in its 2 " \
+                        "row(s))".format(path)
+    sink.write(Frame("c.jpg"), Result("c.jpg", "error", error="x"))
+    sink.close()
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == CSV_HEADER
+    column = dict((name, i) for i, name in enumerate(CSV_HEADER))
+    for old, new in zip(old_rows, rows[1:3]):  # every old value under its own column, the new ones empty
+        assert dict((name, new[column[name]]) for name in OLD_HEADER) == dict(zip(OLD_HEADER, old))
+        assert new[column["refer"]] == new[column["model"]] == ""
+    assert rows[3][0] == "c.jpg" and len(rows) == 4
+    assert not os.path.exists(path + ".upgrading")
+    again = open_output(path, LABELS)  # now current: appended to as it is
+    assert again.note is None
+    again.close()
+
+
+def test_an_older_results_csv_for_other_classes_is_refused_and_left_alone(tmp_path):
+    path = str(tmp_path / "results.csv")
+    header = [c for c in OLD_HEADER if c != "p_" + LABELS[0]]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, ["a.jpg", "normal", "0.9"] + ["0.3"] * 3 + ["ok", "", "1.0", ""]])
     with open(path, "rb") as f:
         before = f.read()
     with pytest.raises(OutputError) as info:
         open_output(path, LABELS)
     message = str(info.value)
-    assert message.startswith(path + ": exists with other columns (lacks refer, model)")
+    assert message.startswith(path + ": exists with other columns (lacks refer, p_{}, model)".format(LABELS[0]))
     assert "give a new results file or move this one away" in message
     with open(path, "rb") as f:
         assert f.read() == before  # nothing appended, nothing lost

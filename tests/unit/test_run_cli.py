@@ -213,6 +213,24 @@ def test_results_append_and_the_ledger_keeps_absolute_paths(tmp_path, tiny_bundl
     assert sorted(p for (p,) in ledger_rows(db, "SELECT path FROM results")) == sorted((good + bad) * 2)
 
 
+def test_results_written_by_an_older_retina_edge_are_upgraded_and_the_run_says_so(
+        tmp_path, tiny_bundle, screen_folder, subprocess_env):
+    rc, _, err = finish(edge(["run", screen_folder[0], "--model", tiny_bundle.root, "--results", "out.csv",
+                              "--ledger", "l.db"], subprocess_env, str(tmp_path)))
+    rows = csv_rows(str(tmp_path / "out.csv"))
+    old = [[v for v, name in zip(row, rows[0]) if name != "model"] for row in rows]  # as before the column
+    with open(str(tmp_path / "out.csv"), "w", newline="") as f:
+        csv.writer(f).writerows(old)
+    rc, out, err = finish(edge(["run", screen_folder[0], "--model", tiny_bundle.root, "--results", "out.csv",
+                                "--ledger", "l.db"], subprocess_env, str(tmp_path)))
+    assert rc == EXIT_SET_ASIDE, err
+    assert "out.csv: written by an older retina-edge; added the column(s) model (empty in its 6 row(s))" in out
+    rows = csv_rows(str(tmp_path / "out.csv"))
+    assert rows[0][-1] == "model" and len(rows) == 1 + 12
+    assert [r[-1] for r in rows[1:7]] == [""] * 6
+    assert sorted(r[-1] for r in rows[7:] if r[-1]) == ["tiny4-test"] * 3  # the three images screened ok
+
+
 def test_the_model_option_takes_the_onnx_file(tmp_path, tiny_bundle, screen_folder, subprocess_env):
     rc, out, err = finish(edge(["run", screen_folder[1][0], "--model", tiny_bundle.onnx_path, "--ledger",
                                 str(tmp_path / "l.db")], subprocess_env, str(tmp_path)))
