@@ -88,7 +88,9 @@ def table(args, names):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="runs/split.csv", help="a split CSV with paths (retina-train split --data ../shared/data/fundus4 --out runs/split.csv makes the shipped default's) (default %(default)s)")
+    p.add_argument("--split", default="runs/split.csv",
+                   help="a split CSV with paths; `retina-train split --data ../shared/data/fundus4 --out "
+                        "runs/split.csv` makes the shipped default's (default %(default)s)")
     p.add_argument("--out", default="runs/compare", help="folder of the runs (default %(default)s)")
     p.add_argument("--image-size", type=int, default=128, help="input side for every teacher (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="(default %(default)s)")
