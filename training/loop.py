@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from training import averaging
+from training import averaging, progress
 from training.engine import augment, device_of
 
 BEST_METRIC = "val_balanced_accuracy"
@@ -143,9 +143,17 @@ class Run(object):
             order = torch.randperm(len(self.images), generator=self.generator).numpy()
             self.partial = {"order": order, "next": 0, "tally": {"seen": 0}, "seconds": 0.0}
         part, start = self.partial, time.time()
-        while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
-            self.train_step(part["order"], part["next"], part["tally"])
-            part["next"] += 1
+        bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.epochs),
+                             initial=part["next"])
+        try:
+            while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
+                self.train_step(part["order"], part["next"], part["tally"])
+                part["next"] += 1
+                tally = part["tally"]
+                bar.update(loss=tally.get("loss", 0.0) / max(tally["seen"], 1),
+                           img_s=round(tally["seen"] / max(part["seconds"] + time.time() - start, 1e-9), 1))
+        finally:
+            bar.close()
         part["seconds"] += time.time() - start
         tally = dict(part["tally"])
         seen = tally.pop("seen")

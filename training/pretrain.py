@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from training import engine, loop, nets
-from training import inputs, provenance
+from training import inputs, progress, provenance
 
 PATCH = 32  # ConvNeXt's total stride: one feature of the last stage per 32x32-pixel patch
 VIT_PREFIXES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "test_vit", "flexivit", "samvit")
@@ -207,6 +207,7 @@ def main(args, log=print):
             break
         order = torch.randperm(len(images), generator=generator).numpy()
         t0, losses, seen = time.time(), [], 0
+        bar = progress.steps(steps_per_epoch, "epoch {}/{}".format(epoch, args.epochs))
         for s in range(steps_per_epoch):
             if step >= stop_at:
                 break
@@ -222,6 +223,8 @@ def main(args, log=print):
             losses.append(loss.item())
             seen += len(idx)
             step += 1
+            bar.update(loss=losses[-1], img_s=round(seen / max(time.time() - t0, 1e-9), 1))
+        bar.close()
         seconds = time.time() - t0
         entry = {"epoch": epoch, "steps": step, "loss": round(float(np.mean(losses)), 5),
                  "lr": lr_at(max(0, step - 1), total, steps_per_epoch, args.lr),

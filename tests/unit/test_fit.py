@@ -150,3 +150,38 @@ def test_standard_preset_is_the_augmentation_the_recipe_always_had():
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     expected = (((x - mean) * contrast + mean) * brightness).clamp(0, 1)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode, shown", [("on", True), ("off", False), ("auto", False)])
+def test_a_progress_bar_per_epoch_on_a_terminal_only(monkeypatch, capsys, mode, shown):
+    """auto: captured stderr is no terminal, as in CI or a pipe: nothing beyond the log lines."""
+    monkeypatch.setenv("RETINA_TRAIN_PROGRESS", mode)
+    images, targets = images_and_targets()
+    engine.fit(linear_task(), images, targets, 2, batch_size=4, lr=0.01, augment="none", **QUIET)
+    err = capsys.readouterr().err
+    assert ("epoch 1/2" in err and "epoch 2/2" in err and "/4 [" in err) == shown, err
+
+
+def test_the_bar_shows_the_figures_it_is_given(monkeypatch):
+    import io
+    from training import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.delenv("RETINA_TRAIN_PROGRESS", raising=False)
+    stream = Terminal()
+    bar = progress.steps(10, "epoch 3/5", initial=4, stream=stream)
+    bar.update(loss=0.123456, img_s=41.5)
+    bar.bar.refresh()
+    assert "epoch 3/5" in stream.getvalue() and "5/10" in stream.getvalue()
+    assert "loss=0.1235" in stream.getvalue() and "img_s=41.5" in stream.getvalue()
+    bar.close()
+    assert isinstance(progress.steps(10, "x", stream=io.StringIO()), progress.Quiet)  # not a terminal
+
+
+def test_a_bad_progress_setting_is_named(monkeypatch):
+    monkeypatch.setenv("RETINA_TRAIN_PROGRESS", "sometimes")
+    images, targets = images_and_targets()
+    with pytest.raises(ValueError, match="RETINA_TRAIN_PROGRESS='sometimes': use auto, on or off"):
+        engine.fit(linear_task(), images, targets, 1, batch_size=4, **QUIET)
