@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from training import averaging, progress
+from training import averaging, distributed, progress
 from training.engine import augment, device_of
 
 BEST_METRIC = "val_balanced_accuracy"
@@ -96,7 +96,10 @@ class Run(object):
         self.opts, self.device, self.lr = options, device_of(task), lr
         self.optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=lr,
                                            weight_decay=weight_decay)
-        self.steps_per_epoch = max(1, (len(images) // batch_size) // self.accumulate)
+        self.ctx = distributed.current()
+        self.model = self.wrap(task)
+        per_process = len(distributed.shard(np.arange(len(images)), self.ctx.rank, self.ctx.world))
+        self.steps_per_epoch = max(1, (per_process // batch_size) // self.accumulate)
         self.total = epochs * self.steps_per_epoch
         self.stop_at = self.total if max_steps is None else min(max_steps, self.total)
         self.warmup = min(self.steps_per_epoch, max(1, self.total // 10))
@@ -104,9 +107,21 @@ class Run(object):
         swa_start = options["swa_start_epoch"] or default_swa_start(epochs)
         self.averager = averaging.create(options["average"], self.net, swa_start, options["ema_decay"])
         self.hold_from = (swa_start - 1) * self.steps_per_epoch if self.averager.kind == "swa" else None
-        self.generator = torch.Generator().manual_seed(seed)
+        # one generator for order and augmentation; under torchrun the order is drawn alike on every process
+        # (then sharded) and the augmentation differently (seed + rank)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed + self.ctx.rank)
+        self.order_generator = torch.Generator().manual_seed(seed) if self.ctx.active else self.generator
         self.epoch, self.step, self.history, self.partial = 0, 0, History(), None
         self.best = {"score": -math.inf, "epoch": None, "state": None, "stale": 0}
+
+    def wrap(self, task):
+        """The task itself, or under torchrun the task in DistributedDataParallel (gradients averaged)."""
+        if not self.ctx.active:
+            return task
+        from torch.nn.parallel import DistributedDataParallel
+        cuda = self.device.type == "cuda"
+        return DistributedDataParallel(task, device_ids=[self.device.index] if cuda else None)
 
     # -- schedule -------------------------------------------------------------------------------------
     def lr_at(self, step):
@@ -125,9 +140,11 @@ class Run(object):
             b = s * self.accumulate + m
             idx = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
             views = augment(self.images[idx], self.generator, preset=self.opts["augment"])
-            with self.amp.autocast():
-                out = self.task(views.to(self.device, non_blocking=True), self.targets[idx].to(self.device))
-            self.amp.backward(out["loss"] / self.accumulate)
+            last = m == self.accumulate - 1  # under torchrun the gradients are averaged once, after the last
+            with (contextlib.nullcontext() if last or not self.ctx.active else self.model.no_sync()):
+                with self.amp.autocast():
+                    out = self.model(views.to(self.device, non_blocking=True), self.targets[idx].to(self.device))
+                self.amp.backward(out["loss"] / self.accumulate)
             tally["seen"] += len(idx)
             for k, v in out.items():
                 if k != "logits":
@@ -140,11 +157,12 @@ class Run(object):
         """Train one epoch (or the rest of a stopped one); returns (record, whether it finished)."""
         self.task.train()
         if self.partial is None:
-            order = torch.randperm(len(self.images), generator=self.generator).numpy()
+            order = torch.randperm(len(self.images), generator=self.order_generator).numpy()
+            order = distributed.shard(order, self.ctx.rank, self.ctx.world)
             self.partial = {"order": order, "next": 0, "tally": {"seen": 0}, "seconds": 0.0}
         part, start = self.partial, time.time()
         bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.epochs),
-                             initial=part["next"])
+                             initial=part["next"]) if self.ctx.main else progress.Quiet()
         try:
             while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
                 self.train_step(part["order"], part["next"], part["tally"])
@@ -157,7 +175,8 @@ class Run(object):
         part["seconds"] += time.time() - start
         tally = dict(part["tally"])
         seen = tally.pop("seen")
-        record = {"epoch": self.epoch + 1, "images_per_s": seen / max(part["seconds"], 1e-9)}
+        # the whole job's rate (every process sees as many images)
+        record = {"epoch": self.epoch + 1, "images_per_s": seen * self.ctx.world / max(part["seconds"], 1e-9)}
         record.update({k: v / max(seen, 1) for k, v in tally.items()})
         return record, part["next"] >= self.steps_per_epoch
 
@@ -222,7 +241,8 @@ class Run(object):
                 "epoch": self.epoch, "step": self.step, "partial": self.partial,
                 "averaging": {"kind": self.averager.kind, "state": self.averager.state_dict()},
                 "best": self.best, "history": list(self.history),
-                "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+                "rng": {"generator": self.generator.get_state(), "order": self.order_generator.get_state(),
+                        "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
 
     def load_state_dict(self, state, path):
@@ -239,12 +259,18 @@ class Run(object):
         self.epoch, self.step, self.partial, self.best = state["epoch"], state["step"], state["partial"], state["best"]
         self.averager.load_state_dict(state["averaging"]["state"])
         self.history = History(r for r in state["history"] if not r.get("partial"))
-        self.generator.set_state(state["rng"]["generator"])
+        self.generator.set_state(state["rng"]["generator"])  # under torchrun: process 0's, on every process
+        if self.order_generator is not self.generator and "order" in state["rng"]:
+            self.order_generator.set_state(state["rng"]["order"])
+            # augmentation goes on differently per process (their own states were not saved)
+            self.generator.manual_seed(self.seed + self.ctx.rank + 7919 * self.step)
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save_last(self, run_dir):
+        if not self.ctx.main:
+            return
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, "last.pt")
         torch.save(self.state_dict(), path + ".tmp")

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from training import engine, loop, losses, nets
+from training import distributed, engine, loop, losses, nets
 from training.inputs import input_spec, load_split, prepare, prepare_splits, run_inputs
 from training.metrics import classification_report, format_report
 from training.provenance import command_line, git_commit, with_split_command
@@ -91,8 +91,19 @@ def fit_for(args, parts, labels, log):
 
 
 def train(args, teacher_dir=None, log=print):
-    """Train a network on the train split; with ``teacher_dir``, distil from that teacher."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Train a network on the train split; with ``teacher_dir``, distil from that teacher. Under torchrun,
+    one of several data-parallel processes (training.distributed): only process 0 logs and writes."""
+    ctx = distributed.start()
+    try:
+        if ctx.active and getattr(args, "soft_labels", None):
+            raise ValueError("--soft-labels replays a cache in one process; run it without torchrun")
+        return _train(args, teacher_dir, distributed.quiet_unless_main(log, ctx), ctx)
+    finally:
+        distributed.stop()
+
+
+def _train(args, teacher_dir, log, ctx):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world))
     torch.manual_seed(args.seed)
     samples = load_split(args.data, seed=args.seed)
     labels = sorted({s.label for s in samples})
@@ -101,12 +112,18 @@ def train(args, teacher_dir=None, log=print):
     task, net, arch, spec, weights_used, commands, (modality, reason) = build_task(args, labels, teacher_dir,
                                                                                     samples, log)
     set_loss(args, task, samples, labels)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = ctx.device()
     task.to(device)
+    if not ctx.main:  # process 0 decodes and fills the cache first; the others then read it
+        ctx.barrier()
     parts = prepare_splits(samples, labels, spec, args.cache_dir, log)
-    log("{} on {} ({}, roi {}, {}): train {} / val {} / test {} images, weights {}, device {}".format(
+    if ctx.main:
+        ctx.barrier()
+    log("{} on {} ({}, roi {}, {}): train {} / val {} / test {} images, weights {}, device {}{}".format(
         arch, args.data, modality, spec["roi"]["kind"], spec["colour_order"], len(parts["train"].samples),
-        len(parts["val"].samples), len(parts["test"].samples), weights_used, device))
+        len(parts["val"].samples), len(parts["test"].samples), weights_used, device,
+        "; {} processes ({}), an optimiser step sees {} x {} x {} images".format(
+            ctx.world, ctx.backend, args.batch_size, ctx.world, getattr(args, "accumulate", 1)) if ctx.active else ""))
 
     def on_epoch(epoch):
         if not len(parts["val"].samples):
@@ -119,6 +136,8 @@ def train(args, teacher_dir=None, log=print):
                          seed=args.seed, log=log, on_epoch=on_epoch, max_steps=args.max_steps,
                          **fit_options(args))
     metrics = {"train_seconds": round(time.time() - start, 1), "kept": history.kept}
+    if not ctx.main:
+        return metrics
     for name in ("val", "test"):
         if len(parts[name].samples):
             report, text, _ = evaluate_net(net, parts[name], spec, labels, "{} split ({})".format(name, arch))
@@ -127,7 +146,7 @@ def train(args, teacher_dir=None, log=print):
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config.update({"arch": arch, "labels": labels, "spec": spec, "teacher": teacher_dir, "modality": modality,
                    "modality_reason": reason, "weights_used": weights_used, "commit": git_commit(),
-                   "hardware": loop.hardware(device, getattr(args, "amp", "off"))})
+                   "hardware": dict(loop.hardware(device, getattr(args, "amp", "off")), **ctx.describe())})
     save_run(args.out, net.cpu(), arch, labels, spec, config, history, metrics, commands, samples, weights_used)
     log("saved {}".format(os.path.join(args.out, "checkpoint.pt")))
     return metrics

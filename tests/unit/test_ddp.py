@@ -1,0 +1,122 @@
+"""torchrun data parallelism (training.distributed): two real CPU processes on the gloo backend, as a user
+launches them, and the check that would fail if gradients were not averaged (workstation side)."""
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training/ is workstation-only: needs torch")
+pytestmark = pytest.mark.torch
+
+from conftest import LABELS, REPO_ROOT  # noqa: E402
+from training.distributed import shard  # noqa: E402
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (7, 3), (4, 4), (3, 1)])
+def test_shards_are_equal_cover_everything_and_pad_like_distributed_sampler(n, world):
+    order = np.random.RandomState(n).permutation(n)
+    parts = [shard(order, r, world) for r in range(world)]
+    assert len({len(p) for p in parts}) == 1 and len(parts[0]) == -(-n // world)
+    assert set(np.concatenate(parts)) == set(order)
+    padded = np.concatenate([order, order[:len(parts[0]) * world - n]])
+    assert [list(p) for p in parts] == [list(padded[r::world]) for r in range(world)]
+    # torch's own sampler, fed the same permutation, gives the same parts
+    sampler = [list(torch.utils.data.DistributedSampler(range(n), world, r, shuffle=False)) for r in range(world)]
+    assert [list(order[s]) for s in sampler] == [list(p) for p in parts]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def split_csv(fundus_dir, path, train_per_class, test_per_class=0):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "group", "split"])
+        for label in LABELS:
+            names = sorted(os.listdir(os.path.join(fundus_dir, label)))[::9][:train_per_class + test_per_class]
+            for i, name in enumerate(names):
+                writer.writerow([os.path.join(fundus_dir, label, name), label, label + name,
+                                 "train" if i < train_per_class else "test"])
+
+
+def retina_train(argv, cwd, processes=1):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    launch = [sys.executable, "-m", "training"] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
+        "127.0.0.1", "--master_port", free_port(), "-m", "training"]
+    proc = subprocess.Popen(launch + argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate(timeout=600)[0].decode("utf-8", "replace")
+    if processes > 1 and proc.returncode and ("gloo" in out.lower() and "connect" in out.lower()):
+        pytest.skip("gloo cannot start here: " + out[-500:])
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def weights(run_dir):
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)["state_dict"]
+
+
+def differing(a, b, atol=1e-5):
+    """The fraction of weights that differ. AdamW's first step is about lr x sign(gradient), so a gradient
+    within float noise of 0 (summed in another order by two processes) may flip a weight by 2 x lr: a few
+    in a million do; a different gradient moves a large part of them."""
+    total = bad = 0
+    for key in a:
+        d = (a[key].float() - b[key].float()).abs()
+        total, bad = total + d.numel(), bad + int((d > atol).sum())
+    return bad / float(total)
+
+
+def test_two_processes_take_one_step_exactly_as_one_process_with_both_batches(tmp_path, fundus_dir):
+    """ConvNeXtV2 (LayerNorm: nothing couples the images of a batch), no augmentation, 4 training images:
+    one process with batch 4 and two with batch 2 each must end with the same weights after one step, which
+    only holds if the two processes' gradients are averaged."""
+    data = str(tmp_path / "four.csv")
+    split_csv(fundus_dir, data, train_per_class=1)
+    common = ["teacher", "--data", data, "--model", "convnextv2_atto", "--weights", "none", "--image-size", "32",
+              "--epochs", "1", "--augment", "none", "--label-smoothing", "0", "--lr", "0.01", "--cache-dir",
+              str(tmp_path / "cache")]
+    retina_train(common + ["--batch-size", "4", "--out", str(tmp_path / "one")], str(tmp_path))
+    out = retina_train(common + ["--batch-size", "2", "--out", str(tmp_path / "two")], str(tmp_path), processes=2)
+    assert differing(weights(str(tmp_path / "one")), weights(str(tmp_path / "two"))) < 1e-4
+    with open(os.path.join(str(tmp_path / "two"), "config.json")) as f:
+        hardware = json.load(f)["hardware"]
+    assert hardware["processes"] == 2 and hardware["backend"] == "gloo"
+    assert "2 processes (gloo), an optimiser step sees 2 x 2 x 1 images" in out
+    # one log, one run folder: process 1 stayed quiet
+    assert out.count("saved {}".format(os.path.join(str(tmp_path / "two"), "checkpoint.pt"))) == 1
+    assert out.count("epoch 1/1:") == 1
+
+
+def test_halving_the_batch_without_a_second_process_is_a_different_step(tmp_path, fundus_dir):
+    """The counter-check: the equality above is not something any two runs would show."""
+    data = str(tmp_path / "four.csv")
+    split_csv(fundus_dir, data, train_per_class=1)
+    common = ["teacher", "--data", data, "--model", "convnextv2_atto", "--weights", "none", "--image-size", "32",
+              "--epochs", "1", "--augment", "none", "--label-smoothing", "0", "--lr", "0.01", "--cache-dir", ""]
+    retina_train(common + ["--batch-size", "4", "--out", str(tmp_path / "four")], str(tmp_path))
+    retina_train(common + ["--batch-size", "2", "--max-steps", "1", "--out", str(tmp_path / "two")], str(tmp_path))
+    assert differing(weights(str(tmp_path / "four")), weights(str(tmp_path / "two"))) > 1e-2
+
+
+def test_a_distilled_student_under_torchrun_with_accumulation(tmp_path, fundus_dir):
+    data = str(tmp_path / "small.csv")
+    split_csv(fundus_dir, data, train_per_class=3, test_per_class=1)
+    base = ["--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
+            "--cache-dir", str(tmp_path / "cache")]
+    retina_train(["teacher", "--model", "resnet18", "--out", str(tmp_path / "t")] + base, str(tmp_path))
+    out = retina_train(["distil", "--teacher", str(tmp_path / "t"), "--model", "mobilenetv2_050", "--accumulate",
+                        "2", "--average", "ema", "--out", str(tmp_path / "s")] + base, str(tmp_path), processes=2)
+    assert os.path.isfile(os.path.join(str(tmp_path / "s"), "checkpoint.pt"))
+    assert os.path.isfile(os.path.join(str(tmp_path / "s"), "last.pt"))
+    assert out.count("test split (") == 1
