@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   retina-train split   --data ../shared/data/fundus4 --out runs/split.csv
   retina-train teacher --data runs/split.csv --model tf_efficientnet_lite2 --out runs/teacher
   retina-train pretrain --data runs/split.csv --model convnextv2_atto --out runs/pretrain   (FCMAE, train split only)
+  retina-train pretrain --data runs/split.csv --model vit_tiny_patch16_224 --out runs/pretrain-vit   (MAE)
   retina-train teacher --data runs/split.csv --model convnextv2_atto --init runs/pretrain --out runs/convnextv2
   retina-train teacher --data runs/split.csv --model vit_small_patch16_224 --weights hub --out runs/vit
   retina-train teacher --data runs/split.csv --model convnextv2_atto --loss focal --class-weights balanced \
@@ -97,23 +98,27 @@ def _pretrain_options(p):
                    help="class-folder root, or a split CSV (required); ONLY the train side of the split is "
                         "read, labels unused: val and test images never enter pretraining")
     p.add_argument("--model", default="convnextv2_atto",
-                   help="a timm ConvNeXtV2 model (default %(default)s); a ViT is refused (MAE for ViT is not "
-                        "implemented yet)")
+                   help="a timm ConvNeXtV2 model (FCMAE) or Vision Transformer (MAE), e.g. vit_tiny_patch16_224 "
+                        "(default %(default)s)")
     p.add_argument("--out", required=True, help="run folder for encoder.pt, config.json, history.json (required)")
     p.add_argument("--epochs", type=int, default=50, help="passes over the train split (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4,
                    help="peak AdamW learning rate, warmed up then cosine-decayed (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default %(default)s)")
-    p.add_argument("--mask-ratio", type=float, default=0.6,
-                   help="fraction of 32x32-pixel patches hidden from the encoder (default %(default)s)")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="fraction of patches hidden from the encoder (32 px for FCMAE, the ViT's own for MAE) "
+                        "(default: 0.6 FCMAE, 0.75 MAE, the papers')")
     p.add_argument("--decoder-dim", type=int, default=256, help="channels of the light decoder (default %(default)s)")
     p.add_argument("--image-size", type=int, default=224,
                    help="square input side, a multiple of 32 (default %(default)s)")
     p.add_argument("--augment", default="standard", choices=("none", "standard", "strong"),
                    help="augmentation of the views (training.engine presets) (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many steps (default %(default)s: no limit)")
+                   help="stop after this many steps; the schedule still spans --epochs, so --resume can continue "
+                        "(default %(default)s: no limit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (written after every epoch and at --max-steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of order, masks and augmentation (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
@@ -157,8 +162,8 @@ def build_parser():
                    help="fraction of groups for the validation split (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default %(default)s)")
 
-    p = verb("pretrain", "FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on the TRAIN split's images "
-                         "(val/test never read); then teacher --init")
+    p = verb("pretrain", "self-supervised pretraining on the TRAIN split's images (val/test never read): FCMAE "
+                         "for ConvNeXtV2, MAE for ViT; then teacher --init")
     _pretrain_options(p)
 
     p = verb("teacher", "train a teacher (or any network) with cross-entropy or focal loss")

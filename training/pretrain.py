@@ -1,4 +1,5 @@
-"""FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on the train split's images (no labels used).
+"""Self-supervised pretraining on the train split's images (no labels used): FCMAE for ConvNeXtV2 (here),
+MAE for Vision Transformers (``training.mae``).
 
 Fully Convolutional Masked AutoEncoder (Woo et al. 2023, ConvNeXt V2): a random ``mask_ratio`` of the
 32x32-pixel patches is hidden, the encoder sees only the visible ones, and a light decoder predicts the
@@ -32,19 +33,32 @@ from training import engine, loop, nets
 from training import inputs, progress, provenance
 
 PATCH = 32  # ConvNeXt's total stride: one feature of the last stage per 32x32-pixel patch
-VIT_PREFIXES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "test_vit", "flexivit", "samvit")
+
+
+METHODS = {"fcmae": 0.6, "mae": 0.75}  # method -> its default mask ratio (the papers')
 
 
 def check_model(name):
-    """The timm name of a ConvNeXtV2 model, or a ValueError saying what is and is not implemented."""
+    """(timm name, method): fcmae for ConvNeXtV2, mae for a ViT; a ValueError for anything else."""
     name = nets.resolve_name(name)
-    if name.startswith(VIT_PREFIXES):
-        raise ValueError("{}: MAE for ViT is not implemented yet; use a ConvNeXtV2 model "
-                         "(e.g. convnextv2_atto)".format(name))
-    if not name.startswith("convnextv2"):
-        raise ValueError("{}: FCMAE pretraining is for ConvNeXtV2 models (e.g. convnextv2_atto), the "
-                         "architecture it was designed with".format(name))
-    return name
+    if name.startswith(("vit", "deit", "test_vit")):
+        return name, "mae"
+    if name.startswith("convnextv2"):
+        return name, "fcmae"
+    raise ValueError("{}: pretraining is FCMAE for ConvNeXtV2 models (e.g. convnextv2_atto) and MAE for "
+                     "Vision Transformers (e.g. vit_tiny_patch16_224)".format(name))
+
+
+def build(name, method, args, spec):
+    """The masked autoencoder around a fresh encoder, and its patch side in pixels."""
+    encoder = nets._create(name, 0, args.image_size)
+    if method == "mae":
+        from training import mae
+        model = mae.MAE(encoder, spec["mean"], spec["std"], decoder_dim=args.decoder_dim,
+                        mask_ratio=args.mask_ratio)
+        return model, model.patch
+    return FCMAE(encoder, spec["mean"], spec["std"], decoder_dim=args.decoder_dim,
+                 mask_ratio=args.mask_ratio), PATCH
 
 
 def random_mask(n, grid, ratio, generator):
@@ -177,77 +191,127 @@ def train_images(args, log=print):
 
 
 def main(args, log=print):
-    name = check_model(args.model)
-    if args.image_size % PATCH:
-        raise ValueError("--image-size must be a multiple of {} (the masking patch), got {}".format(
-            PATCH, args.image_size))
+    name, method = check_model(args.model)
+    if args.mask_ratio is None:
+        args.mask_ratio = METHODS[method]
     if not 0 < args.mask_ratio < 1:
         raise ValueError("--mask-ratio must be between 0 and 1, got {}".format(args.mask_ratio))
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train, images, spec, data_cfg, samples = train_images(args, log)
-    encoder = nets._create(name, 0, args.image_size)
-    model = FCMAE(encoder, spec["mean"], spec["std"], decoder_dim=args.decoder_dim,
-                  mask_ratio=args.mask_ratio).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  betas=(0.9, 0.95))
-    batch = min(args.batch_size, len(images))
-    steps_per_epoch = max(1, len(images) // batch)
-    total = args.epochs * steps_per_epoch
-    stop_at = total if args.max_steps is None else min(total, args.max_steps)
-    generator = torch.Generator().manual_seed(args.seed)
-    grid = args.image_size // PATCH
-    log("FCMAE {} on {}: {} images, {}x{} patches of {} px, mask ratio {} ({} masked), batch {}, "
-        "{} steps, device {}".format(name, args.data, len(images), grid, grid, PATCH, args.mask_ratio,
-                                      int(round(args.mask_ratio * grid * grid)), batch, stop_at, device))
-    history, step, start = [], 0, time.time()
-    model.train()
-    for epoch in range(1, args.epochs + 1):
-        if step >= stop_at:
-            break
-        order = torch.randperm(len(images), generator=generator).numpy()
-        t0, losses, seen = time.time(), [], 0
-        bar = progress.steps(steps_per_epoch, "epoch {}/{}".format(epoch, args.epochs))
-        for s in range(steps_per_epoch):
-            if step >= stop_at:
-                break
-            idx = np.sort(order[s * batch:(s + 1) * batch])
-            views = engine.augment(images[idx], generator, preset=args.augment).to(device)
-            mask = random_mask(len(idx), grid, args.mask_ratio, generator).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, steps_per_epoch, args.lr)
-            loss = model(views, mask)[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            seen += len(idx)
-            step += 1
-            bar.update(loss=losses[-1], img_s=round(seen / max(time.time() - t0, 1e-9), 1))
-        bar.close()
-        seconds = time.time() - t0
-        entry = {"epoch": epoch, "steps": step, "loss": round(float(np.mean(losses)), 5),
-                 "lr": lr_at(max(0, step - 1), total, steps_per_epoch, args.lr),
-                 "seconds": round(seconds, 2), "images_per_second": round(seen / max(seconds, 1e-9), 2)}
-        history.append(entry)
-        log("epoch {:3d}  loss {:.4f}  lr {:.2e}  {:.1f}s  {:.1f} images/s".format(
-            epoch, entry["loss"], entry["lr"], seconds, entry["images_per_second"]))
-    os.makedirs(args.out, exist_ok=True)
+    model, patch = build(name, method, args, spec)
+    if args.image_size % patch:
+        raise ValueError("--image-size must be a multiple of {} (the masking patch), got {}".format(
+            patch, args.image_size))
+    run = Pretraining(model.to(device), images, args, device)
+    if args.resume:
+        run.resume(os.path.join(args.out, "last.pt"), name, log)
+    grid = args.image_size // patch
+    log("{} {} on {}: {} images, {}x{} patches of {} px, mask ratio {} ({} masked), batch {}, "
+        "{} steps, device {}".format(method.upper(), name, args.data, len(images), grid, grid, patch,
+                                      args.mask_ratio, int(round(args.mask_ratio * grid * grid)), run.batch,
+                                      run.stop_at, device))
+    start = time.time()
+    run.train(grid, name, log)
     torch.save(encoder_state(model.encoder), os.path.join(args.out, "encoder.pt"))
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    config.update({"method": "fcmae", "arch": name, "patch": PATCH, "image_size": args.image_size,
-                   "spec": spec, "steps": step, "train_seconds": round(time.time() - start, 1),
+    config.update({"method": method, "arch": name, "patch": patch, "image_size": args.image_size,
+                   "spec": spec, "steps": run.step, "train_seconds": round(time.time() - start, 1),
                    "commands": provenance.with_split_command([provenance.command_line()], args.data),
                    "commit": provenance.git_commit(), "hardware": loop.hardware(device, "off"),
                    "data": provenance.data_provenance(args.data, train),
                    "split_images": {"train": len(train), "left_out": len(samples) - len(train)}})
-    for fname, obj in (("config.json", config), ("history.json", history)):
+    for fname, obj in (("config.json", config), ("history.json", run.history)):
         with open(os.path.join(args.out, fname), "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
     log("saved {} (load with retina-train teacher --model {} --init {})".format(
         os.path.join(args.out, "encoder.pt"), name, args.out))
-    return history
+    return run.history
+
+
+class Pretraining(object):
+    """The pretraining loop; ``last.pt`` after every epoch and at --max-steps holds all it depends on, so
+    ``--resume`` ends with the same weights as a run that never stopped."""
+
+    def __init__(self, model, images, args, device):
+        self.model, self.images, self.args, self.device = model, images, args, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                           betas=(0.9, 0.95))
+        self.batch = min(args.batch_size, len(images))
+        self.steps_per_epoch = max(1, len(images) // self.batch)
+        self.total = args.epochs * self.steps_per_epoch
+        self.stop_at = self.total if args.max_steps is None else min(self.total, args.max_steps)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.epoch, self.step, self.history, self.partial = 0, 0, [], None
+
+    def train(self, grid, name, log):
+        self.model.train()
+        while self.epoch < self.args.epochs and self.step < self.stop_at:
+            if self.partial is None:
+                order = torch.randperm(len(self.images), generator=self.generator).numpy()
+                self.partial = {"order": order, "next": 0, "losses": [], "seen": 0, "seconds": 0.0}
+            part, t0 = self.partial, time.time()
+            bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.args.epochs),
+                                 initial=part["next"])
+            while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
+                part["losses"].append(self.train_step(part["order"], part["next"], grid))
+                part["next"] += 1
+                part["seen"] += self.batch
+                bar.update(loss=part["losses"][-1], img_s=round(part["seen"] / max(
+                    part["seconds"] + time.time() - t0, 1e-9), 1))
+            bar.close()
+            part["seconds"] += time.time() - t0
+            if part["next"] >= self.steps_per_epoch:
+                self.end_epoch(log)
+            self.save(name)
+
+    def train_step(self, order, s, grid):
+        idx = np.sort(order[s * self.batch:(s + 1) * self.batch])
+        views = engine.augment(self.images[idx], self.generator, preset=self.args.augment).to(self.device)
+        mask = random_mask(len(idx), grid, self.args.mask_ratio, self.generator).to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.total, self.steps_per_epoch, self.args.lr)
+        loss = self.model(views, mask)[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    def end_epoch(self, log):
+        part, self.partial = self.partial, None
+        self.epoch += 1
+        entry = {"epoch": self.epoch, "steps": self.step, "loss": round(float(np.mean(part["losses"])), 5),
+                 "lr": lr_at(max(0, self.step - 1), self.total, self.steps_per_epoch, self.args.lr),
+                 "seconds": round(part["seconds"], 2),
+                 "images_per_second": round(part["seen"] / max(part["seconds"], 1e-9), 2)}
+        self.history.append(entry)
+        log("epoch {:3d}  loss {:.4f}  lr {:.2e}  {:.1f}s  {:.1f} images/s".format(
+            self.epoch, entry["loss"], entry["lr"], part["seconds"], entry["images_per_second"]))
+
+    def save(self, name):
+        os.makedirs(self.args.out, exist_ok=True)
+        path = os.path.join(self.args.out, "last.pt")
+        state = {"arch": name, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.epoch, "step": self.step, "history": self.history, "partial": self.partial,
+                 "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}}
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)  # a run killed while saving keeps the previous last.pt
+
+    def resume(self, path, name, log):
+        if not os.path.isfile(path):
+            raise FileNotFoundError("{}: nothing to resume (no last.pt)".format(path))
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["arch"] != name:
+            raise ValueError("{}: pretrained {}, not --model {}".format(path, state["arch"], name))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.history, self.partial = (state["epoch"], state["step"], state["history"],
+                                                             state["partial"])
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        log("resumed {} at epoch {} step {}".format(path, self.epoch, self.step))
 
 
 def init_weights(init, model):

@@ -1,4 +1,5 @@
-"""retina-train pretrain: FCMAE for ConvNeXtV2 (mask, masked-only loss, sparse emulation, encoder.pt, --init)."""
+"""retina-train pretrain: FCMAE for ConvNeXtV2 and MAE for ViT (mask, masked-only loss, what the encoder sees,
+encoder.pt, --init, --resume)."""
 import csv
 import json
 import os
@@ -106,11 +107,98 @@ def test_loss_decreases_on_one_fixed_batch(split_csv):
     assert losses[-1] < losses[0], losses
 
 
-def test_vit_is_refused_with_a_clear_line():
-    with pytest.raises(ValueError, match="MAE for ViT is not implemented yet; use a ConvNeXtV2 model"):
-        pretrain.check_model("vit_small_patch16_224")
-    with pytest.raises(ValueError, match="ConvNeXtV2"):
+def test_the_method_follows_the_architecture_and_others_are_refused():
+    assert pretrain.check_model("convnextv2_atto") == ("convnextv2_atto", "fcmae")
+    assert pretrain.check_model("vit_tiny_patch16_224") == ("vit_tiny_patch16_224", "mae")
+    with pytest.raises(ValueError, match="FCMAE for ConvNeXtV2 models .* and MAE for Vision Transformers"):
         pretrain.check_model("resnet18")
+
+
+def tiny_mae(ratio=0.75):
+    from training import mae
+    torch.manual_seed(0)
+    encoder = nets._create("vit_tiny_patch16_224", 0, SIZE)
+    return mae.MAE(encoder, [0.5] * 3, [0.25] * 3, decoder_dim=32, decoder_depth=1, mask_ratio=ratio)
+
+
+def test_mae_encoder_sees_only_the_kept_tokens_and_nothing_of_the_masked_pixels():
+    model = tiny_mae().eval()
+    grid = SIZE // 16
+    mask = pretrain.random_mask(2, grid, 0.75, torch.Generator().manual_seed(0))
+    views = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    latent, keep = model.encode(model.normalize(views), mask.flatten(1))
+    assert latent.shape[1] == 1 + grid * grid - 12 and keep.shape == (2, 4)  # the class token + 4 of 16
+    assert all(set(keep[i].tolist()) == set((mask[i].flatten() == 0).nonzero().flatten().tolist())
+               for i in range(2))
+    hidden = pretrain.upsample_mask(mask, SIZE)  # change every masked pixel, keep the visible ones
+    changed = views * (1 - hidden) + torch.rand(views.shape, generator=torch.Generator().manual_seed(2)) * hidden
+    again, _ = model.encode(model.normalize(changed), mask.flatten(1))
+    assert torch.allclose(latent, again, atol=1e-6)
+    loss, pred, target = model(views, mask)
+    assert pred.shape == target.shape == (2, grid * grid, 16 * 16 * 3)
+    flat = mask.flatten(1)
+    assert loss.item() == pytest.approx(pretrain.masked_loss(pred, target, flat).item())
+
+
+def test_mae_steps_lower_the_loss_on_a_fixed_batch(split_csv):
+    from training import inputs
+    path, _ = split_csv
+    samples = [s for s in inputs.load_split(path) if s.split == "train"]
+    spec = inputs.make_spec(SIZE, [0.5] * 3, [0.25] * 3)
+    part = inputs.prepare(samples, ["glaucoma", "normal"], spec, "")
+    views = torch.from_numpy(part.images).permute(0, 3, 1, 2).float() / 255
+    model = tiny_mae()
+    mask = pretrain.random_mask(len(views), SIZE // 16, 0.75, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(views, mask)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_mae_cli_encoder_loads_into_a_vit_teacher(split_csv, tmp_path, capsys):
+    path, _ = split_csv
+    out = str(tmp_path / "mae")
+    rc = cli.main(["pretrain", "--data", path, "--model", "vit_tiny_patch16_224", "--out", out, "--image-size",
+                   str(SIZE), "--epochs", "1", "--batch-size", "4", "--max-steps", "1", "--cache-dir", "",
+                   "--decoder-dim", "32"])
+    assert rc == 0, capsys.readouterr()
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["method"] == "mae" and config["mask_ratio"] == 0.75 and config["patch"] == 16
+    state = torch.load(os.path.join(out, "encoder.pt"), map_location="cpu")
+    model, _, _ = nets.create_model("vit_tiny_patch16_224", 4, SIZE, weights=os.path.join(out, "encoder.pt"))
+    own = model.state_dict()
+    assert {k for k in own if not k.startswith("head")} == set(state)
+    assert all(torch.equal(own[k], state[k]) for k in state)
+    rc = cli.main(["teacher", "--data", path, "--model", "vit_tiny_patch16_224", "--init", out, "--out",
+                   str(tmp_path / "t"), "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "4",
+                   "--max-steps", "1", "--cache-dir", ""])
+    assert rc == 0
+    assert json.load(open(os.path.join(str(tmp_path / "t"), "config.json")))["init_run"]["method"] == "mae"
+
+
+def test_a_pretraining_stopped_part_way_and_resumed_ends_with_the_same_encoder(split_csv, tmp_path, capsys):
+    path, _ = split_csv
+    base = ["pretrain", "--data", path, "--image-size", str(SIZE), "--epochs", "2", "--batch-size", "4",
+            "--cache-dir", "", "--decoder-dim", "32"]
+    assert cli.main(base + ["--out", str(tmp_path / "whole")]) == 0
+    assert cli.main(base + ["--out", str(tmp_path / "parts"), "--max-steps", "3"]) == 0  # stops mid-epoch 2
+    assert cli.main(base + ["--out", str(tmp_path / "parts"), "--resume"]) == 0
+    assert "resumed {} at epoch 1 step 3".format(os.path.join(str(tmp_path / "parts"), "last.pt")) in \
+        capsys.readouterr().out
+    a = torch.load(os.path.join(str(tmp_path / "whole"), "encoder.pt"), map_location="cpu")
+    b = torch.load(os.path.join(str(tmp_path / "parts"), "encoder.pt"), map_location="cpu")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.load(open(os.path.join(str(tmp_path / "parts"), "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert cli.main(base + ["--out", str(tmp_path / "none"), "--resume"]) == 1
+    assert "nothing to resume (no last.pt)" in capsys.readouterr().err
+    assert cli.main(base + ["--out", str(tmp_path / "parts"), "--resume", "--model", "convnextv2_femto"]) == 1
+    assert "pretrained convnextv2_atto, not --model convnextv2_femto" in capsys.readouterr().err
 
 
 def test_cli_end_to_end_then_teacher_init(split_csv, tmp_path, capsys, monkeypatch):
