@@ -1,5 +1,5 @@
-"""Several processes on one machine (or several GPUs) under ``torchrun``: data-parallel teacher and student
-training.
+"""Several processes on one machine (or several GPUs) under ``torchrun``: data-parallel pretraining, teacher
+and student training.
 
     torchrun --nproc_per_node 2 -m training teacher --data runs/split.csv --model convnextv2_atto --out runs/t
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import engine, loop, nets
+from training import distributed, engine, loop, nets
 from training import inputs, progress, provenance
 
 PATCH = 32  # ConvNeXt's total stride: one feature of the last stage per 32x32-pixel patch
@@ -191,19 +191,33 @@ def train_images(args, log=print):
 
 
 def main(args, log=print):
+    """retina-train pretrain; under torchrun one of several data-parallel processes (training.distributed)."""
+    ctx = distributed.start()
+    try:
+        return _main(args, distributed.quiet_unless_main(log, ctx), ctx)
+    finally:
+        distributed.stop()
+
+
+def _main(args, log, ctx):
     name, method = check_model(args.model)
     if args.mask_ratio is None:
         args.mask_ratio = METHODS[method]
     if not 0 < args.mask_ratio < 1:
         raise ValueError("--mask-ratio must be between 0 and 1, got {}".format(args.mask_ratio))
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world))
+    device = ctx.device()
+    if not ctx.main:  # process 0 decodes and fills the cache first; the others then read it
+        ctx.barrier()
     train, images, spec, data_cfg, samples = train_images(args, log)
+    if ctx.main:
+        ctx.barrier()
     model, patch = build(name, method, args, spec)
     if args.image_size % patch:
         raise ValueError("--image-size must be a multiple of {} (the masking patch), got {}".format(
             patch, args.image_size))
-    run = Pretraining(model.to(device), images, args, device)
+    run = Pretraining(model.to(device), images, args, device, ctx)
     if args.resume:
         run.resume(os.path.join(args.out, "last.pt"), name, log)
     grid = args.image_size // patch
@@ -213,12 +227,15 @@ def main(args, log=print):
                                       run.stop_at, device))
     start = time.time()
     run.train(grid, name, log)
+    if not ctx.main:
+        return run.history
     torch.save(encoder_state(model.encoder), os.path.join(args.out, "encoder.pt"))
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config.update({"method": method, "arch": name, "patch": patch, "image_size": args.image_size,
                    "spec": spec, "steps": run.step, "train_seconds": round(time.time() - start, 1),
                    "commands": provenance.with_split_command([provenance.command_line()], args.data),
-                   "commit": provenance.git_commit(), "hardware": loop.hardware(device, "off"),
+                   "commit": provenance.git_commit(),
+                   "hardware": dict(loop.hardware(device, "off"), **ctx.describe()),
                    "data": provenance.data_provenance(args.data, train),
                    "split_images": {"train": len(train), "left_out": len(samples) - len(train)}})
     for fname, obj in (("config.json", config), ("history.json", run.history)):
@@ -234,26 +251,36 @@ class Pretraining(object):
     """The pretraining loop; ``last.pt`` after every epoch and at --max-steps holds all it depends on, so
     ``--resume`` ends with the same weights as a run that never stopped."""
 
-    def __init__(self, model, images, args, device):
-        self.model, self.images, self.args, self.device = model, images, args, device
+    def __init__(self, model, images, args, device, ctx=distributed.SINGLE):
+        self.model, self.images, self.args, self.device, self.ctx = model, images, args, device, ctx
+        self.module = model  # what runs the step: the model, or under torchrun the model in DDP
+        if ctx.active:
+            from torch.nn.parallel import DistributedDataParallel
+            # the encoder's own head (ConvNeXt's head.norm) never runs in a masked autoencoder
+            self.module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                  else None, find_unused_parameters=True)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                            betas=(0.9, 0.95))
-        self.batch = min(args.batch_size, len(images))
-        self.steps_per_epoch = max(1, len(images) // self.batch)
+        per_process = len(distributed.shard(np.arange(len(images)), ctx.rank, ctx.world))
+        self.batch = min(args.batch_size, per_process)
+        self.steps_per_epoch = max(1, per_process // self.batch)
         self.total = args.epochs * self.steps_per_epoch
         self.stop_at = self.total if args.max_steps is None else min(self.total, args.max_steps)
-        self.generator = torch.Generator().manual_seed(args.seed)
+        # order alike on every process (then sharded), views and masks per process (seed + rank)
+        self.generator = torch.Generator().manual_seed(args.seed + ctx.rank)
+        self.order_generator = torch.Generator().manual_seed(args.seed) if ctx.active else self.generator
         self.epoch, self.step, self.history, self.partial = 0, 0, [], None
 
     def train(self, grid, name, log):
         self.model.train()
         while self.epoch < self.args.epochs and self.step < self.stop_at:
             if self.partial is None:
-                order = torch.randperm(len(self.images), generator=self.generator).numpy()
+                order = torch.randperm(len(self.images), generator=self.order_generator).numpy()
+                order = distributed.shard(order, self.ctx.rank, self.ctx.world)
                 self.partial = {"order": order, "next": 0, "losses": [], "seen": 0, "seconds": 0.0}
             part, t0 = self.partial, time.time()
             bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.args.epochs),
-                                 initial=part["next"])
+                                 initial=part["next"]) if self.ctx.main else progress.Quiet()
             while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
                 part["losses"].append(self.train_step(part["order"], part["next"], grid))
                 part["next"] += 1
@@ -272,7 +299,7 @@ class Pretraining(object):
         mask = random_mask(len(idx), grid, self.args.mask_ratio, self.generator).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total, self.steps_per_epoch, self.args.lr)
-        loss = self.model(views, mask)[0]
+        loss = self.module(views, mask)[0]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -285,17 +312,20 @@ class Pretraining(object):
         entry = {"epoch": self.epoch, "steps": self.step, "loss": round(float(np.mean(part["losses"])), 5),
                  "lr": lr_at(max(0, self.step - 1), self.total, self.steps_per_epoch, self.args.lr),
                  "seconds": round(part["seconds"], 2),
-                 "images_per_second": round(part["seen"] / max(part["seconds"], 1e-9), 2)}
+                 "images_per_second": round(part["seen"] * self.ctx.world / max(part["seconds"], 1e-9), 2)}
         self.history.append(entry)
         log("epoch {:3d}  loss {:.4f}  lr {:.2e}  {:.1f}s  {:.1f} images/s".format(
             self.epoch, entry["loss"], entry["lr"], part["seconds"], entry["images_per_second"]))
 
     def save(self, name):
+        if not self.ctx.main:
+            return
         os.makedirs(self.args.out, exist_ok=True)
         path = os.path.join(self.args.out, "last.pt")
         state = {"arch": name, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "epoch": self.epoch, "step": self.step, "history": self.history, "partial": self.partial,
-                 "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}}
+                 "rng": {"generator": self.generator.get_state(), "order": self.order_generator.get_state(),
+                         "torch": torch.get_rng_state()}}
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)  # a run killed while saving keeps the previous last.pt
 
@@ -311,6 +341,9 @@ class Pretraining(object):
                                                              state["partial"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.ctx.active:  # process 0's states were saved: order from them, views and masks per process
+            self.order_generator.set_state(state["rng"]["order"])
+            self.generator.manual_seed(self.args.seed + self.ctx.rank + 7919 * self.step)
         log("resumed {} at epoch {} step {}".format(path, self.epoch, self.step))
 
 

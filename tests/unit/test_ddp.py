@@ -120,3 +120,15 @@ def test_a_distilled_student_under_torchrun_with_accumulation(tmp_path, fundus_d
     assert os.path.isfile(os.path.join(str(tmp_path / "s"), "checkpoint.pt"))
     assert os.path.isfile(os.path.join(str(tmp_path / "s"), "last.pt"))
     assert out.count("test split (") == 1
+
+
+def test_pretraining_under_torchrun(tmp_path, fundus_dir):
+    data = str(tmp_path / "small.csv")
+    split_csv(fundus_dir, data, train_per_class=2, test_per_class=1)
+    out = retina_train(["pretrain", "--data", data, "--model", "convnextv2_atto", "--image-size", "64",
+                        "--epochs", "2", "--batch-size", "2", "--decoder-dim", "32", "--cache-dir",
+                        str(tmp_path / "cache"), "--out", str(tmp_path / "pre")], str(tmp_path), processes=2)
+    with open(os.path.join(str(tmp_path / "pre"), "config.json")) as f:
+        config = json.load(f)
+    assert config["hardware"]["processes"] == 2 and config["steps"] == 4  # 8 images: 4 per process, batch 2
+    assert out.count("epoch   2") == 1 and os.path.isfile(os.path.join(str(tmp_path / "pre"), "encoder.pt"))
