@@ -158,14 +158,15 @@ class Run(object):
         self.task.train()
         if self.partial is None:
             order = torch.randperm(len(self.images), generator=self.order_generator).numpy()
-            order = distributed.shard(order, self.ctx.rank, self.ctx.world)
+            # the whole permutation is kept (last.pt holds process 0's copy): each process shards it for itself
             self.partial = {"order": order, "next": 0, "tally": {"seen": 0}, "seconds": 0.0}
         part, start = self.partial, time.time()
+        mine = distributed.shard(part["order"], self.ctx.rank, self.ctx.world)
         bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.epochs),
                              initial=part["next"]) if self.ctx.main else progress.Quiet()
         try:
             while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
-                self.train_step(part["order"], part["next"], part["tally"])
+                self.train_step(mine, part["next"], part["tally"])
                 part["next"] += 1
                 tally = part["tally"]
                 bar.update(loss=tally.get("loss", 0.0) / max(tally["seen"], 1),

@@ -276,13 +276,13 @@ class Pretraining(object):
         while self.epoch < self.args.epochs and self.step < self.stop_at:
             if self.partial is None:
                 order = torch.randperm(len(self.images), generator=self.order_generator).numpy()
-                order = distributed.shard(order, self.ctx.rank, self.ctx.world)
                 self.partial = {"order": order, "next": 0, "losses": [], "seen": 0, "seconds": 0.0}
             part, t0 = self.partial, time.time()
+            mine = distributed.shard(part["order"], self.ctx.rank, self.ctx.world)  # the whole order is kept
             bar = progress.steps(self.steps_per_epoch, "epoch {}/{}".format(self.epoch + 1, self.args.epochs),
                                  initial=part["next"]) if self.ctx.main else progress.Quiet()
             while part["next"] < self.steps_per_epoch and self.step < self.stop_at:
-                part["losses"].append(self.train_step(part["order"], part["next"], grid))
+                part["losses"].append(self.train_step(mine, part["next"], grid))
                 part["next"] += 1
                 part["seen"] += self.batch
                 bar.update(loss=part["losses"][-1], img_s=round(part["seen"] / max(

@@ -132,3 +132,15 @@ def test_pretraining_under_torchrun(tmp_path, fundus_dir):
         config = json.load(f)
     assert config["hardware"]["processes"] == 2 and config["steps"] == 4  # 8 images: 4 per process, batch 2
     assert out.count("epoch   2") == 1 and os.path.isfile(os.path.join(str(tmp_path / "pre"), "encoder.pt"))
+
+
+def test_a_torchrun_run_stopped_and_resumed_ends_like_the_unbroken_one(tmp_path, fundus_dir):
+    data = str(tmp_path / "eight.csv")
+    split_csv(fundus_dir, data, train_per_class=2)
+    common = ["teacher", "--data", data, "--model", "convnextv2_atto", "--weights", "none", "--image-size", "32",
+              "--epochs", "2", "--batch-size", "2", "--augment", "none", "--cache-dir", str(tmp_path / "cache")]
+    retina_train(common + ["--out", str(tmp_path / "whole")], str(tmp_path), processes=2)
+    retina_train(common + ["--out", str(tmp_path / "parts"), "--max-steps", "3"], str(tmp_path), processes=2)
+    out = retina_train(common + ["--out", str(tmp_path / "parts"), "--resume"], str(tmp_path), processes=2)
+    assert out.count("resumed ") == 1 and "at epoch 1 step 3 (mid-epoch)" in out
+    assert differing(weights(str(tmp_path / "whole")), weights(str(tmp_path / "parts")), atol=1e-6) == 0
