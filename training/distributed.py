@@ -88,6 +88,16 @@ def stop():
     _current = SINGLE
 
 
+def gather(obj, ctx=None):
+    """[every process's ``obj``] in rank order (all processes must call it); [obj] in one process."""
+    ctx = ctx or current()
+    if not ctx.active:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shard(order, rank, world):
     """This process's part of ``order``: every world-th index from ``rank``, the list first padded with its own
     head to a multiple of ``world`` (what DistributedSampler does), so every part has the same length."""

@@ -236,8 +236,10 @@ class Run(object):
             yield augment(self.images[i:i + self.batch_size], None, preset="none"), self.targets[i:i + self.batch_size]
 
     # -- last.pt --------------------------------------------------------------------------------------
-    def state_dict(self):
-        return {"task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def state_dict(self, generators=None):
+        """Everything to resume; ``generators``: every process's augmentation state (torchrun), else this one's."""
+        return {"processes": self.ctx.world,
+                "generators": generators or [self.generator.get_state()],"task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler else None,
                 "epoch": self.epoch, "step": self.step, "partial": self.partial,
                 "averaging": {"kind": self.averager.kind, "state": self.averager.state_dict()},
@@ -260,21 +262,24 @@ class Run(object):
         self.epoch, self.step, self.partial, self.best = state["epoch"], state["step"], state["partial"], state["best"]
         self.averager.load_state_dict(state["averaging"]["state"])
         self.history = History(r for r in state["history"] if not r.get("partial"))
-        self.generator.set_state(state["rng"]["generator"])  # under torchrun: process 0's, on every process
-        if self.order_generator is not self.generator and "order" in state["rng"]:
+        processes = state.get("processes", 1)
+        if processes != self.ctx.world:
+            raise ValueError("{}: written by {} process(es), resumed with {}: resume with the same number".format(
+                path, processes, self.ctx.world))
+        self.generator.set_state(state.get("generators", [state["rng"]["generator"]])[self.ctx.rank])
+        if self.order_generator is not self.generator:
             self.order_generator.set_state(state["rng"]["order"])
-            # augmentation goes on differently per process (their own states were not saved)
-            self.generator.manual_seed(self.seed + self.ctx.rank + 7919 * self.step)
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save_last(self, run_dir):
+        generators = distributed.gather(self.generator.get_state(), self.ctx)  # every process takes part
         if not self.ctx.main:
             return
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, "last.pt")
-        torch.save(self.state_dict(), path + ".tmp")
+        torch.save(self.state_dict(generators), path + ".tmp")
         os.replace(path + ".tmp", path)  # a run killed while saving keeps the previous last.pt
 
     def resume(self, run_dir, log):

@@ -138,9 +138,13 @@ def test_a_torchrun_run_stopped_and_resumed_ends_like_the_unbroken_one(tmp_path,
     data = str(tmp_path / "eight.csv")
     split_csv(fundus_dir, data, train_per_class=2)
     common = ["teacher", "--data", data, "--model", "convnextv2_atto", "--weights", "none", "--image-size", "32",
-              "--epochs", "2", "--batch-size", "2", "--augment", "none", "--cache-dir", str(tmp_path / "cache")]
+              "--epochs", "2", "--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]  # augmented, per process
     retina_train(common + ["--out", str(tmp_path / "whole")], str(tmp_path), processes=2)
     retina_train(common + ["--out", str(tmp_path / "parts"), "--max-steps", "3"], str(tmp_path), processes=2)
     out = retina_train(common + ["--out", str(tmp_path / "parts"), "--resume"], str(tmp_path), processes=2)
     assert out.count("resumed ") == 1 and "at epoch 1 step 3 (mid-epoch)" in out
     assert differing(weights(str(tmp_path / "whole")), weights(str(tmp_path / "parts")), atol=1e-6) == 0
+    state = torch.load(os.path.join(str(tmp_path / "parts"), "last.pt"), map_location="cpu", weights_only=False)
+    assert state["processes"] == 2 and not torch.equal(state["generators"][0], state["generators"][1])
+    with pytest.raises(AssertionError, match="written by 2 process"):  # one process cannot take it over
+        retina_train(common + ["--out", str(tmp_path / "parts"), "--resume"], str(tmp_path))
