@@ -119,8 +119,9 @@ def _tokens(path, key, option, action, value):
         return [option] + [str(v) for v in value]
     if isinstance(value, dict):
         return [option, json.dumps(value)]  # e.g. an inline --kd-config
-    if isinstance(value, bool):
-        value = str(value).lower()
+    if isinstance(value, bool):  # YAML reads a bare off/on/yes/no as a boolean
+        raise ConfigError("{}: {} takes a value, not {}: quote it ({}: 'off') if you mean the word".format(
+            path, key, str(value).lower(), key))
     return [option, str(value)]
 
 

@@ -30,7 +30,7 @@ def write(tmp_path, text, name="c.yaml"):
 
 def test_the_file_gives_the_options_in_either_spelling_and_the_command_line_wins(tmp_path):
     path = write(tmp_path, "verb: teacher\ndata: d.csv\nout: runs/t\nimage_size: 96\nbatch-size: 8\n"
-                           "augment: strong\nresume: true\nepochs: 4\n")
+                           "augment: strong\nresume: true\nepochs: 4\namp: 'off'\n")
     args = parse(["teacher", "--config", path, "--epochs", "9"])
     assert (args.data, args.out, args.image_size, args.batch_size, args.augment) == ("d.csv", "runs/t", 96, 8,
                                                                                      "strong")
@@ -60,6 +60,7 @@ def test_a_json_config_is_read_too(tmp_path):
     ("augment: wild\n", "c.yaml: augment: 'wild' is not one of none, standard, strong"),
     ("epochs: many\n", "c.yaml: epochs: 'many' is not a whole number"),
     ("resume: 3\n", "c.yaml: resume takes true or false"),
+    ("amp: off\n", "c.yaml: amp takes a value, not false: quote it (amp: 'off') if you mean the word"),
     ("verb: distil\n", "c.yaml: a config for `retina-train distil`, not for `teacher`"),
     ("data: [a\n", "c.yaml:2: not valid YAML"),
     ("- a\n- b\n", "c.yaml: a config is a mapping of option: value, not a list"),
