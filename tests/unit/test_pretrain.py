@@ -140,6 +140,15 @@ def test_mae_encoder_sees_only_the_kept_tokens_and_nothing_of_the_masked_pixels(
     assert loss.item() == pytest.approx(pretrain.masked_loss(pred, target, flat).item())
 
 
+@pytest.mark.parametrize("name, why", [("vit_tiny_r_s16_p8_224", "sees beyond each patch"),
+                                       ("test_vit", "dynamic image size")])
+def test_mae_refuses_a_vit_whose_tokens_would_leak_or_not_fit(name, why):
+    from training import mae
+    encoder = nets._create(name, 0, SIZE)
+    with pytest.raises(ValueError, match=why):
+        mae.MAE(encoder, [0.5] * 3, [0.25] * 3, decoder_dim=32)
+
+
 def test_mae_steps_lower_the_loss_on_a_fixed_batch(split_csv):
     from training import inputs
     path, _ = split_csv
