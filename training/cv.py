@@ -18,10 +18,23 @@ The run folder:
                             per source kind; the KD gain; the source-only classifier
 
 Resumable: a model whose fold<k>/<model>/predictions.csv exists is not trained again.
+
+Parallel: ``--jobs N`` trains N folds at once, each in its own ``retina-train cv --fold K`` process (log in
+fold<K>/cv.log), then gathers; on a GPU this keeps it busy where one small network cannot. ``--fold K``
+alone trains that fold only (several machines can share one run folder) and gathers nothing.
+
+The recipe: ``--teacher-options`` / ``--student-options`` are the teacher's and distil's own options
+(e.g. ``--teacher-options="--epochs 30 --augment strong"``), checked by their parsers; the labels-only
+student takes the student's options that plain training has (not --alpha, --temperature, --kd-config).
 """
 import csv
+import hashlib
 import json
 import os
+import shlex
+import subprocess
+import sys
+import time
 
 
 from training import data as datalib
@@ -102,11 +115,57 @@ def make_folds(args, log=print):
     return folded
 
 
-def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedule_of=None):
+def _verb_options(verb):
+    """{option string: takes a value} of a retina-train verb."""
+    from training import config
+    from training.cli import build_parser
+    parser = config._verb_parser(build_parser(), verb)
+    return {o: a.nargs != 0 for a in parser._actions for o in a.option_strings}
+
+
+def options_for(text, verb, log=print, what="--student-options"):
+    """The tokens of ``text`` that ``verb`` has (the rest dropped, and said); the values stay with their option."""
+    tokens = shlex.split(text or "")
+    mine = _verb_options(verb)
+    kept, dropped, i = [], [], 0
+    while i < len(tokens):
+        name = tokens[i].split("=", 1)[0]
+        takes = "=" not in tokens[i] and _verb_options("distil").get(name, mine.get(name, False))
+        chunk = tokens[i:i + (2 if takes else 1)]
+        (kept if name in mine else dropped).append(chunk)
+        i += len(chunk)
+    if dropped:
+        log("{} for {}: left out {} (plain training has no such option)".format(
+            what, verb, " ".join(" ".join(c) for c in dropped)))
+    return [t for c in kept for t in c]
+
+
+CONTROLLED = ("--data", "--out", "--model", "--teacher", "--cache-dir", "--seed", "--init", "--resume")
+
+
+def check_options(args):
+    """Parse --teacher-options / --student-options now, with their verbs' parsers, before any training."""
+    from training.cli import build_parser
+    for text, verb, what in ((args.teacher_options, "teacher", "--teacher-options"),
+                             (args.student_options, "distil", "--student-options")):
+        tokens = shlex.split(text or "")
+        clash = sorted({t.split("=", 1)[0] for t in tokens} & set(CONTROLLED))
+        if clash:
+            raise ValueError("{} may not set {}: cv sets them for every fold".format(what, ", ".join(clash)))
+        try:
+            build_parser().parse_args([verb, "--data", "-", "--out", "-", "--teacher", "-"][:7 if verb == "distil"
+                                                                                          else 5] + tokens)
+        except SystemExit:
+            raise ValueError("{} {!r}: not options of retina-train {} (its error is above)".format(
+                what, text, verb))
+
+
+def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedule_of=None, options=()):
     """The recipe's arguments for one training run, parsed by retina-train's own parser (its defaults).
 
     ``schedule_of``: take the epochs and learning rate of that verb's defaults (the labels-only student
-    trains with the distil schedule, so the two students differ only in the teacher).
+    trains with the distil schedule, so the two students differ only in the teacher). ``options``: the
+    verb's own options (from --teacher-options / --student-options), last, so they win.
     """
     from training.cli import build_parser
     argv = [verb, "--data", split_csv, "--model", model, "--out", run_dir, "--weights", args.weights,
@@ -121,7 +180,7 @@ def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedul
         argv += ["--max-steps", str(args.max_steps)]
     if teacher_dir:
         argv += ["--teacher", teacher_dir]
-    return build_parser().parse_args(argv)
+    return build_parser().parse_args(argv + list(options))
 
 
 def plan(args):
@@ -131,6 +190,14 @@ def plan(args):
     if args.labels_only:  # the teacher verb is the recipe's cross-entropy training of any network
         steps.append(("labels_only", "teacher", args.student_model, None))
     return steps
+
+
+def step_options(args, name, log=print):
+    if name == "teacher":
+        return shlex.split(args.teacher_options or "")
+    if name == "student":
+        return shlex.split(args.student_options or "")
+    return options_for(args.student_options, "teacher", log)
 
 
 def train_fold(args, folded, fold, log=print):
@@ -150,19 +217,91 @@ def train_fold(args, folded, fold, log=print):
             from training import recipe
             teacher_dir = os.path.join(fold_dir, teacher) if teacher else None
             schedule_of = "distil" if name == "labels_only" else None
-            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of),
-                         teacher_dir, log=log)
+            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of,
+                                     step_options(args, name, log)), teacher_dir, log=log)
         cvresults.write_fold_predictions(run_dir, samples, fold, name, args.cache_dir, done, log=log)
+
+
+def folds_digest(out):
+    with open(os.path.join(out, "folds.csv"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def checked_before(out):
+    """Whether the leakage checks passed on this run's folds.csv as it is now (leakage.ok holds its sha256)."""
+    path = os.path.join(out, "leakage.ok")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return f.read().strip() == folds_digest(out)
+
+
+# cv's own options a fold process is given (the run folder's folds.csv supplies the folds themselves)
+FOLD_PROCESS_OPTIONS = ("data", "out", "folds", "val", "teacher_model", "student_model", "labels_only", "weights",
+                        "image_size", "epochs", "batch_size", "max_steps", "seed", "cache_dir", "teacher_options",
+                        "student_options")
+
+
+def fold_command(args, fold):
+    argv = [sys.executable, "-m", "training", "cv"]
+    for dest in FOLD_PROCESS_OPTIONS:
+        value = getattr(args, dest)
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv.append("{}={}".format(flag, value))  # '=': an options string may start with '--'
+    return argv + ["--fold", str(fold)]
+
+
+def run_parallel(args, folds, log=print):
+    """Each fold in its own `cv --fold K` process, ``args.jobs`` at a time; output to fold<K>/cv.log."""
+    waiting, running, failed = list(folds), {}, []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            fold = waiting.pop(0)
+            fold_dir = os.path.join(args.out, "fold{}".format(fold))
+            os.makedirs(fold_dir, exist_ok=True)
+            log_path = os.path.join(fold_dir, "cv.log")
+            with open(log_path, "a") as out:
+                running[fold] = (subprocess.Popen(fold_command(args, fold), stdout=out, stderr=subprocess.STDOUT),
+                                 log_path)
+            log("fold {}: started (process {}, log {})".format(fold, running[fold][0].pid, log_path))
+        time.sleep(1.0)
+        for fold, (proc, log_path) in list(running.items()):
+            if proc.poll() is not None:
+                del running[fold]
+                if proc.returncode:
+                    failed.append(fold)
+                    log("fold {}: FAILED (exit {}); see {}".format(fold, proc.returncode, log_path))
+                else:
+                    log("fold {}: done".format(fold))
+    if failed:
+        raise RuntimeError("fold(s) {} failed; their logs say why; rerun the same command to resume".format(
+            ", ".join(str(f) for f in sorted(failed))))
 
 
 def main(args, log=print):
     from training import cvresults, shortcut
     os.makedirs(args.out, exist_ok=True)
+    check_options(args)
     folded = make_folds(args, log)
-    check_folds(folded, args.out, log)
     folds = sorted({int(s.split) for s in folded})
+    if args.fold is not None:
+        if args.fold not in folds:
+            raise ValueError("--fold {}: the run has folds {}".format(args.fold, folds))
+        if not checked_before(args.out):
+            check_folds(folded, args.out, log)
+        train_fold(args, folded, args.fold, log)
+        log("fold {} done; run the command without --fold to gather every fold's figures".format(args.fold))
+        return None
+    check_folds(folded, args.out, log)
+    with open(os.path.join(args.out, "leakage.ok"), "w") as f:
+        f.write(folds_digest(args.out) + "\n")
     source_only = shortcut.cross_validate(folded, [int(s.split) for s in folded])
     log(shortcut.format_result(source_only))
+    if args.jobs > 1:
+        run_parallel(args, folds, log)
     for fold in folds:
         train_fold(args, folded, fold, log)
     rows = cvresults.gather(args.out, folds, [name for name, _, _, _ in plan(args)])
@@ -198,3 +337,14 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
+    p.add_argument("--teacher-options", default="", metavar="OPTIONS",
+                   help="the teacher verb's own options for every fold, one string; write it with '=' when it "
+                        "starts with '--': --teacher-options='--epochs 30 --augment strong' (default none)")
+    p.add_argument("--student-options", default="", metavar="OPTIONS",
+                   help="distil's own options for every fold's student; the labels-only student takes those "
+                        "plain training has (default none)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="folds trained at once, each in its own process (default %(default)s); for a GPU, "
+                        "where one small network leaves it idle")
+    p.add_argument("--fold", type=int, default=None,
+                   help="train this fold only and gather nothing (default: every fold)")

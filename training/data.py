@@ -321,6 +321,7 @@ def prepare_images(samples, spec, cache_dir=None, log=print):
             log("prepared {}/{} images".format(i + 1, len(samples)))
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        np.save(path + ".tmp.npy", out)
-        os.replace(path + ".tmp.npy", path)
+        tmp = "{}.{}.tmp.npy".format(path, os.getpid())  # processes preparing at once (cv --jobs) each write theirs
+        np.save(tmp, out)
+        os.replace(tmp, path)
     return out

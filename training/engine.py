@@ -51,17 +51,21 @@ AUGMENT_PRESETS = {
 }
 
 
-def augment(batch_uint8, generator, strength=1.0, preset="standard"):
+def augment(batch_uint8, generator, strength=1.0, preset="standard", device=None):
     """Random flip, rotation, zoom, shift and colour jitter on an NHWC uint8 batch (see AUGMENT_PRESETS).
 
-    Returns float32 NCHW in [0, 1]; ``preset="none"`` only converts. Every
-    random number comes from ``generator``, in a fixed order per preset. Black
-    fill outside the frame matches the black border that the region-of-interest
-    step leaves.
+    Returns float32 NCHW in [0, 1] on ``device`` (default: the CPU); ``preset="none"`` only converts.
+    Every random number comes from ``generator`` (a CPU generator), in a fixed order per preset, so a run
+    draws the same views on any device. On a GPU the uint8 batch is copied first and the warp and jitter
+    run there: the CPU then only indexes the prepared array, and keeps up with the GPU. Black fill outside
+    the frame matches the black border that the region-of-interest step leaves.
     """
     if preset not in AUGMENT_PRESETS:
         raise ValueError("--augment must be one of {}, got {!r}".format("|".join(AUGMENT_PRESETS), preset))
-    x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(batch_uint8)
+    if device is not None and torch.device(device).type != "cpu":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
     x = x.contiguous(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     cfg = AUGMENT_PRESETS[preset]
     if cfg is None:
@@ -69,11 +73,11 @@ def augment(batch_uint8, generator, strength=1.0, preset="standard"):
     n = x.shape[0]
 
     def uniform(lo, hi):
-        return torch.rand(n, generator=generator) * (hi - lo) + lo
+        return (torch.rand(n, generator=generator) * (hi - lo) + lo).to(x.device)
     angle = uniform(-cfg["rotate_deg"], cfg["rotate_deg"]) * strength * math.pi / 180
     scale = 1.0 + uniform(*cfg["zoom"]) * strength
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * cfg["shift"] * strength
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device)
+    shift = ((torch.rand(n, 2, generator=generator) * 2 - 1) * cfg["shift"] * strength).to(x.device)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)

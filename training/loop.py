@@ -139,7 +139,7 @@ class Run(object):
         for m in range(self.accumulate):
             b = s * self.accumulate + m
             idx = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
-            views = augment(self.images[idx], self.generator, preset=self.opts["augment"])
+            views = augment(self.images[idx], self.generator, preset=self.opts["augment"], device=self.device)
             last = m == self.accumulate - 1  # under torchrun the gradients are averaged once, after the last
             with (contextlib.nullcontext() if last or not self.ctx.active else self.model.no_sync()):
                 with self.amp.autocast():

@@ -295,7 +295,7 @@ class Pretraining(object):
 
     def train_step(self, order, s, grid):
         idx = np.sort(order[s * self.batch:(s + 1) * self.batch])
-        views = engine.augment(self.images[idx], self.generator, preset=self.args.augment).to(self.device)
+        views = engine.augment(self.images[idx], self.generator, preset=self.args.augment, device=self.device)
         mask = random_mask(len(idx), grid, self.args.mask_ratio, self.generator).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total, self.steps_per_epoch, self.args.lr)

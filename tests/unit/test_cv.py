@@ -107,11 +107,11 @@ def write_data(rows, path):
         writer.writerows(rows)
 
 
-def run_cv(data_csv, out, env, expect=0):
+def run_cv(data_csv, out, env, expect=0, extra=()):
     cmd = [sys.executable, "-m", "training", "cv", "--data", data_csv, "--out", out, "--folds", "3",
            "--teacher-model", "test_resnet", "--student-model", "test_efficientnet", "--weights", "none",
            "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--labels-only",
-           "--cache-dir", os.path.join(out, "cache")]
+           "--cache-dir", os.path.join(out, "cache")] + list(extra)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = proc.communicate(timeout=600)[0].decode("utf-8", "replace")
     assert proc.returncode == expect, output[-4000:]
@@ -233,4 +233,40 @@ def test_cv_refuses_to_train_on_an_exact_duplicate_across_folds(cv_run):
         pytest.fail("the planted copy landed in its original's fold; change its group name")
     out = run_cv(data_csv, out_dir, cv_run["env"], expect=1)
     assert "refused, the folds leak" in out and "copy_of_first.jpg" in out
+    assert not os.path.exists(os.path.join(out_dir, "fold0", "teacher"))
+
+
+def test_parallel_folds_take_each_verbs_own_options_and_match_the_contract(cv_run):
+    """--jobs 3: a process per fold (its log in fold<k>/cv.log), then one gathering; the recipe options reach
+    teacher, student and (those plain training has) the labels-only student."""
+    out_dir = os.path.join(cv_run["work"], "parallel")
+    out = run_cv(cv_run["data"], out_dir, cv_run["env"], extra=[
+        "--jobs", "3", "--teacher-options=--augment strong --label-smoothing 0.2",
+        "--student-options=--alpha 0.5 --label-smoothing 0.1"])
+    assert out.count("started (process") == 3 and "FAILED" not in out
+    for k in range(3):
+        log = open(os.path.join(out_dir, "fold{}".format(k), "cv.log")).read()
+        assert "fold {} done".format(k) in log and "left out --alpha 0.5" in log
+
+    def config(k, name):
+        return json.load(open(os.path.join(out_dir, "fold{}".format(k), name, "config.json")))
+    for k in range(3):
+        assert (config(k, "teacher")["augment"], config(k, "teacher")["label_smoothing"]) == ("strong", 0.2)
+        assert (config(k, "student")["alpha"], config(k, "student")["label_smoothing"]) == (0.5, 0.1)
+        assert "alpha" not in config(k, "labels_only") and config(k, "labels_only")["label_smoothing"] == 0.1
+    # the same folds as the serial run (same seed), and predictions for every image and model
+    serial = {r["path"]: r["fold"] for r in csv.DictReader(open(os.path.join(cv_run["out"], "folds.csv")))}
+    parallel = {r["path"]: r["fold"] for r in csv.DictReader(open(os.path.join(out_dir, "folds.csv")))}
+    assert serial == parallel
+    rows = list(csv.DictReader(open(os.path.join(out_dir, "predictions.csv"))))
+    assert Counter(r["model"] for r in rows) == {m: len(cv_run["rows"]) for m in cv.MODELS}
+    assert json.load(open(os.path.join(out_dir, "cv.json")))["folds"] == [0, 1, 2]
+
+
+def test_recipe_options_that_cv_controls_or_the_verb_lacks_are_refused_before_training(cv_run):
+    out_dir = os.path.join(cv_run["work"], "refused")
+    out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--teacher-options=--out elsewhere"])
+    assert "--teacher-options may not set --out" in out
+    out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--student-options=--alfa 0.5"])
+    assert "--student-options '--alfa 0.5': not options of retina-train distil" in out
     assert not os.path.exists(os.path.join(out_dir, "fold0", "teacher"))

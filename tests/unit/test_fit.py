@@ -129,6 +129,26 @@ def test_augment_presets_are_deterministic_and_strong_is_stronger():
         engine.augment(images, None, preset="heavy")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine); CI has none")
+def test_augment_on_the_gpu_draws_the_same_views_as_on_the_cpu():
+    """Augmentation on the training device: same random draws (CPU generator), same views within float error."""
+    images, _ = images_and_targets(8, 64)
+    for preset in ("none", "standard", "strong"):
+        cpu_gen, gpu_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        cpu = engine.augment(images, cpu_gen, preset=preset)
+        gpu = engine.augment(images, gpu_gen, preset=preset, device="cuda")
+        assert gpu.device.type == "cuda"
+        assert torch.equal(cpu_gen.get_state(), gpu_gen.get_state())
+        assert (gpu.cpu() - cpu).abs().max() < 1e-4, preset
+
+
+def test_augment_to_the_cpu_device_is_the_default_path():
+    images, _ = images_and_targets(4, 16)
+    a = engine.augment(images, torch.Generator().manual_seed(1), preset="strong")
+    b = engine.augment(images, torch.Generator().manual_seed(1), preset="strong", device=torch.device("cpu"))
+    assert torch.equal(a, b)
+
+
 def test_standard_preset_is_the_augmentation_the_recipe_always_had():
     """The draws of the standard preset, in order: angle, scale, flip, shift, brightness, contrast."""
     images, _ = images_and_targets(4, 16)
