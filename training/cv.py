@@ -17,7 +17,9 @@ The run folder:
     cv.json                 per fold and mean +- sd: accuracy, balanced accuracy, glaucoma recall, ECE,
                             per source kind; the KD gain; the source-only classifier
 
-Resumable: a model whose fold<k>/<model>/predictions.csv exists is not trained again.
+Resumable: a model whose fold<k>/<model>/predictions.csv exists is not trained again, and one stopped
+part-way goes on from its last.pt (the recipe's --resume). Each model also writes val_predictions.csv
+(its fold's val images), what a per-fold decision rule is chosen on.
 
 Parallel: ``--jobs N`` trains N folds at once, each in its own ``retina-train cv --fold K`` process (log in
 fold<K>/cv.log), then gathers; on a GPU this keeps it busy where one small network cannot. ``--fold K``
@@ -217,8 +219,12 @@ def train_fold(args, folded, fold, log=print):
             from training import recipe
             teacher_dir = os.path.join(fold_dir, teacher) if teacher else None
             schedule_of = "distil" if name == "labels_only" else None
-            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of,
-                                     step_options(args, name, log)), teacher_dir, log=log)
+            options = step_options(args, name, log)
+            if os.path.isfile(os.path.join(run_dir, "last.pt")):  # an interrupted run: go on from its last epoch
+                log("fold {} {}: resuming from {}".format(fold, name, os.path.join(run_dir, "last.pt")))
+                options = options + ["--resume"]
+            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of, options),
+                         teacher_dir, log=log)
         cvresults.write_fold_predictions(run_dir, samples, fold, name, args.cache_dir, done, log=log)
 
 

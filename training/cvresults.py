@@ -40,9 +40,18 @@ def write_fold_predictions(run_dir, samples, fold, model, cache_dir, path, log=p
             how = "not fitted, T = 1 ({})".format(exc)
     rows = [[s.path, s.label, s.group, fold, model, "{:.6f}".format(temperature)] + [_p(p) for p in pr]
             for s, pr in zip([samples[i] for i in test], probs)]
+    if val:  # the fold's val predictions too: what a decision rule or a threshold is chosen on, per fold
+        val_probs = softmax(engine.predict_logits(net, part.images[val], ckpt["spec"]).astype(np.float64))
+        write_predictions([[s.path, s.label, s.group, fold, model, "{:.6f}".format(temperature)] + [_p(p) for p in pr]
+                           for s, pr in zip([samples[i] for i in val], val_probs)], labels, val_path(path))
     write_predictions(rows, labels, path)
     log("fold {} {}: {} test predictions -> {} (temperature {:.4f}, {})".format(
         fold, model, len(rows), path, temperature, how))
+
+
+def val_path(path):
+    """fold<k>/<model>/val_predictions.csv beside its predictions.csv (same columns, the fold's val images)."""
+    return os.path.join(os.path.dirname(path), "val_" + os.path.basename(path))
 
 
 def _p(p):

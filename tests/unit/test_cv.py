@@ -219,6 +219,26 @@ def test_a_missing_fold_model_is_trained_again(cv_run):
     assert os.path.isfile(os.path.join(cv_run["out"], "fold2", "labels_only", "predictions.csv"))
 
 
+def test_a_model_stopped_part_way_goes_on_from_its_last_pt(cv_run):
+    run_dir = os.path.join(cv_run["out"], "fold1", "teacher")
+    assert os.path.isfile(os.path.join(run_dir, "last.pt"))
+    for name in ("checkpoint.pt", "predictions.csv"):  # as a run killed before its end leaves it
+        os.remove(os.path.join(run_dir, name))
+    out = run_cv(cv_run["data"], cv_run["out"], cv_run["env"])
+    assert "fold 1 teacher: resuming from" in out and "resumed " in out
+    assert os.path.isfile(os.path.join(run_dir, "predictions.csv"))
+
+
+def test_each_model_also_writes_its_folds_val_predictions(cv_run):
+    for k in range(3):
+        split = list(csv.DictReader(open(os.path.join(cv_run["out"], "fold{}".format(k), "split.csv"))))
+        val = {os.path.basename(r["path"]) for r in split if r["split"] == "val"}
+        for model in cv.MODELS:
+            rows = list(csv.DictReader(open(os.path.join(cv_run["out"], "fold{}".format(k), model,
+                                                         "val_predictions.csv"))))
+            assert {os.path.basename(r["path"]) for r in rows} == val and val
+
+
 def test_cv_refuses_to_train_on_an_exact_duplicate_across_folds(cv_run):
     rows = list(cv_run["rows"])
     copy = os.path.join(cv_run["work"], "copy_of_first.jpg")
