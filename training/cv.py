@@ -310,8 +310,9 @@ def main(args, log=print):
         run_parallel(args, folds, log)
     for fold in folds:
         train_fold(args, folded, fold, log)
-    rows = cvresults.gather(args.out, folds, [name for name, _, _, _ in plan(args)])
-    summary = cvresults.summarize(rows, source_only)
+    names = [name for name, _, _, _ in plan(args)]
+    rows = cvresults.gather(args.out, folds, names)
+    summary = cvresults.summarize(rows, source_only, cvresults.gather_val(args.out, folds, names))
     summary["command_settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     with open(os.path.join(args.out, "cv.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -17,6 +17,9 @@ from training.sources import SOURCE_KINDS, source_kind
 
 FIXED_COLUMNS = ["path", "label", "group", "fold", "model", "temperature"]
 FOLD_METRICS = ("accuracy", "balanced_accuracy", "glaucoma_recall", "ece", "ece_calibrated")
+# at the bundle's decision, chosen per fold on its val predictions as `retina-train calibrate` chooses it
+RULE_METRICS = ("accuracy_rule", "balanced_accuracy_rule", "glaucoma_recall_rule", "referral_sensitivity",
+                "referral_specificity")
 
 
 def write_fold_predictions(run_dir, samples, fold, model, cache_dir, path, log=print):
@@ -104,6 +107,43 @@ def gather(out_dir, folds, models):
     return labels, rows
 
 
+def gather_val(out_dir, folds, models):
+    """{(model, fold): rows} of every fold model's val_predictions.csv that exists (runs before it have none)."""
+    found = {}
+    for fold in folds:
+        for model in models:
+            path = val_path(os.path.join(out_dir, "fold{}".format(fold), model, "predictions.csv"))
+            if os.path.isfile(path):
+                found[model, fold] = read_predictions(path)[1]
+    return found
+
+
+def _log_probs(rows):
+    """log p: the logits up to a per-row constant, which neither the temperature's argmax, the offsets nor
+    the softmax see."""
+    return np.log(np.clip(np.array([r["probs"] for r in rows], dtype=np.float64), 1e-300, None))
+
+
+def rule_figures(labels, val_rows, test_rows):
+    """The decision (temperature, offsets lifting glaucoma, referral threshold for 95 % sensitivity, normal not
+    referred) chosen on one fold's val rows by calibrate's own search, scored on that fold's test rows."""
+    from training import calibrate
+    from training import calibration as cal
+    negative = [calibrate.DEFAULT_NEGATIVE] if calibrate.DEFAULT_NEGATIVE in labels else []
+    lift = calibrate.DEFAULT_LIFT if calibrate.DEFAULT_LIFT in labels else None
+    val_targets = np.array([labels.index(r["label"]) for r in val_rows])
+    test_targets = np.array([labels.index(r["label"]) for r in test_rows])
+    rule, _ = calibrate.choose(_log_probs(val_rows), val_targets, labels, negative, lift,
+                               calibrate.DEFAULT_SENSITIVITY, log=lambda *a: None)
+    f = cal.score(_log_probs(test_rows), test_targets, rule)
+    referral = f.get("referral") or {}
+    return {"accuracy_rule": f["rule"]["accuracy"], "balanced_accuracy_rule": f["rule"]["balanced_accuracy"],
+            "glaucoma_recall_rule": f["rule"]["recall"].get("glaucoma"),
+            "referral_sensitivity": referral.get("sensitivity"), "referral_specificity": referral.get("specificity"),
+            "rule": {"temperature": rule.temperature, "offsets": dict(zip(labels, rule.offsets.tolist())),
+                     "threshold": rule.threshold}}
+
+
 def figures(labels, rows):
     """accuracy, balanced accuracy, glaucoma recall (None without that class), ECE at T = 1 and at each row's
     fold temperature, and n of some rows."""
@@ -128,9 +168,11 @@ def mean_sd(values):
     return {"mean": float(np.mean(values)), "sd": sd}
 
 
-def summarize(gathered, source_only=None):
-    """cv.json: per model, per fold and mean +- sd (sd over folds, n-1), overall and per source kind."""
+def summarize(gathered, source_only=None, val=None):
+    """cv.json: per model, per fold and mean +- sd (sd over folds, n-1), overall and per source kind; with
+    ``val`` (gather_val), also the figures at a decision chosen on each fold's val (RULE_METRICS)."""
     labels, rows = gathered
+    val = val or {}
     by = defaultdict(list)
     for r in rows:
         by[r["model"], r["fold"]].append(r)
@@ -149,6 +191,16 @@ def summarize(gathered, source_only=None):
         out["models"][model] = {"per_fold": {str(f): v for f, v in per_fold.items()},
                                 **{m: mean_sd([v[m] for v in per_fold.values()]) for m in FOLD_METRICS},
                                 "per_source_kind": kinds}
+        ruled = {}
+        for f in per_fold:
+            if val.get((model, f)):
+                try:
+                    ruled[f] = per_fold[f]["at_rule"] = rule_figures(labels, val[model, f], by[model, f])
+                except ValueError as exc:  # a network that learnt nothing has no temperature to fit: say so
+                    per_fold[f]["at_rule"] = {"skipped": str(exc)}
+        if ruled:
+            out["models"][model]["at_rule"] = dict({m: mean_sd([v[m] for v in ruled.values()]) for m in RULE_METRICS},
+                                                   folds=len(ruled))
     if "student" in out["models"] and "labels_only" in out["models"]:
         s, b = out["models"]["student"]["per_fold"], out["models"]["labels_only"]["per_fold"]
         gains = [s[f]["accuracy"] - b[f]["accuracy"] for f in s if f in b]
@@ -173,6 +225,15 @@ def format_summary(summary):
         for kind, k in m["per_source_kind"].items():
             lines.append("    {:<10} n={:<5}".format(kind, k["n"]) +
                          " ".join("{:>14}".format(_pm(k[x])) for x in FOLD_METRICS))
+    ruled = [(model, m["at_rule"]) for model, m in summary["models"].items() if "at_rule" in m]
+    if ruled:
+        lines.append("  at the decision chosen on each fold's val (as `calibrate` chooses it: temperature, offsets "
+                     "lifting glaucoma, referral at 95 % val sensitivity):")
+        lines.append("  {:<12} {:>14} {:>14} {:>14} {:>14} {:>14}".format(
+            "model", "accuracy", "balanced acc", "glaucoma rec", "refer sens", "refer spec"))
+        for model, r in ruled:
+            lines.append("  {:<12} ".format(model) + " ".join("{:>14}".format(_pm(r[k])) for k in RULE_METRICS) +
+                         ("" if r["folds"] == len(summary["folds"]) else "  ({} folds)".format(r["folds"])))
     if "kd_gain_accuracy" in summary:
         lines.append("  KD gain (student - labels_only accuracy): {} points".format(_pm(summary["kd_gain_accuracy"])))
     so = summary.get("source_only_classifier")

@@ -84,6 +84,32 @@ def test_figures_are_accuracy_balanced_accuracy_glaucoma_recall_and_ece():
     assert cvresults.mean_sd([0.5, 0.7]) == {"mean": pytest.approx(0.6), "sd": pytest.approx(0.1414, abs=1e-4)}
 
 
+def synthetic_rows(n, seed, labels=("cataract", "diabetic_retinopathy", "glaucoma", "normal")):
+    """A classifier that often calls glaucoma normal: what the decision rule exists to correct."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = i % 4
+        logits = rng.normal(0, 1.0, 4)
+        logits[k] += 2.5
+        if labels[k] == "glaucoma":
+            logits[3] += 2.0  # glaucoma leaks into normal
+        p = np.exp(logits - logits.max())
+        rows.append({"path": "x/{}.jpg".format(i), "label": labels[k], "probs": list(p / p.sum())})
+    return list(labels), rows
+
+
+def test_the_rule_chosen_on_val_lifts_glaucoma_recall_on_test_and_refers_at_95_percent():
+    labels, val = synthetic_rows(400, 1)
+    _, test = synthetic_rows(400, 2)
+    at_rule = cvresults.rule_figures(labels, val, test)
+    plain = cvresults.figures(labels, test)
+    assert at_rule["rule"]["offsets"]["glaucoma"] > 0
+    assert at_rule["glaucoma_recall_rule"] > plain["glaucoma_recall"] + 0.05
+    assert at_rule["referral_sensitivity"] > 0.9 and 0 < at_rule["referral_specificity"] < 1
+    assert at_rule["accuracy_rule"] >= plain["accuracy"] - 0.05
+
+
 def pick(fundus_dir, per_class=10):
     """``per_class`` real images per class, one per group, some of each source kind where the class has it."""
     rows, used = [], set()
@@ -237,6 +263,38 @@ def test_each_model_also_writes_its_folds_val_predictions(cv_run):
             rows = list(csv.DictReader(open(os.path.join(cv_run["out"], "fold{}".format(k), model,
                                                          "val_predictions.csv"))))
             assert {os.path.basename(r["path"]) for r in rows} == val and val
+
+
+def test_figures_at_the_rule_use_a_decision_chosen_on_each_folds_val_alone(cv_run):
+    from edge.postprocess import Rule
+    summary = json.load(open(os.path.join(cv_run["out"], "cv.json")))
+    ruled = 0
+    for model in cv.MODELS:
+        for k in range(3):
+            fold = summary["models"][model]["per_fold"][str(k)]["at_rule"]
+            if "skipped" in fold:  # two training steps: some tiny networks give logits no temperature fits
+                assert "temperature" in fold["skipped"]
+                continue
+            ruled += 1
+            labels, test = cvresults.read_predictions(os.path.join(cv_run["out"], "fold{}".format(k), model,
+                                                                   "predictions.csv"))
+            _, val = cvresults.read_predictions(os.path.join(cv_run["out"], "fold{}".format(k), model,
+                                                             "val_predictions.csv"))
+            rule = Rule(labels, fold["rule"]["temperature"], fold["rule"]["offsets"], ["normal"],
+                        fold["rule"]["threshold"])
+            # the same temperature as the fold's predictions (both minimise val NLL; log p = logits + const)
+            assert fold["rule"]["temperature"] == pytest.approx(test[0]["temperature"], rel=1e-3)
+            log_p = np.log(np.array([r["probs"] for r in test]))
+            truth = np.array([labels.index(r["label"]) for r in test])
+            assert fold["accuracy_rule"] == pytest.approx(float(np.mean(rule.decide(log_p) == truth)))
+            # its referral threshold keeps >= 95 % sensitivity on the val images it was chosen on
+            val_p = np.array([r["probs"] for r in val])
+            sick = np.array([r["label"] != "normal" for r in val])
+            assert rule.refers(Rule(labels, rule.temperature).probabilities(np.log(val_p)))[sick].mean() >= 0.95
+        at_rule = summary["models"][model].get("at_rule")
+        if at_rule:
+            assert set(cvresults.RULE_METRICS) <= set(at_rule) and at_rule["folds"] <= 3
+    assert ruled >= 3, "too few fold models had a decision to check"
 
 
 def test_cv_refuses_to_train_on_an_exact_duplicate_across_folds(cv_run):
