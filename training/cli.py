@@ -1,4 +1,4 @@
-"""retina-train: split, pretrain, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv,
+"""retina-train: split, pretrain, teacher, distil, soft-labels, ablate, evaluate, export, quantize, calibrate, report, cv, card,
 leakage, explain, synth-oct."""
 import sys
 
@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   retina-train calibrate --bundle models/default --data ../shared/data/fundus4
   retina-train report  --bundle models/default --data ../shared/data/fundus4 --split test --out runs/report-test
   retina-train cv      --data ../shared/data/fundus4 --folds 5 --labels-only --out runs/cv
+  retina-train cv      --data ../shared/data/fundus4 --jobs 5 --teacher-options="--epochs 30 --augment strong" --out runs/cv30   (a GPU: five folds at once)
+  retina-train card    --bundle models/default --cv runs/cv   (the CV's figures into the model card)
   retina-train ablate  --data ../shared/data/fundus4 --teacher runs/cv --folds 5 --variants labels,logits,logits+gl --out runs/ablate
   retina-train soft-labels --data runs/split.csv --teacher runs/teacher --epochs 10
   retina-train distil  --data runs/split.csv --teacher runs/teacher --soft-labels runs/teacher/soft_labels.npz --out runs/student
@@ -241,6 +243,11 @@ def build_parser():
     from training import calibrate
     calibrate.add_arguments(p)
 
+    p = verb("card", "rewrite a bundle's model card; with --cv, put a cross-validation run's figures in it")
+    p.add_argument("--bundle", required=True, help="bundle folder whose MODEL_CARD.md to write (required)")
+    p.add_argument("--cv", default=None, metavar="RUN",
+                   help="a finished `retina-train cv` run folder: its cv.json is copied to <bundle>/report/cv.json "
+                        "and summarised in the card (default: none, the card is rewritten from what is there)")
     p = verb("report", "write an evaluation report (Markdown, JSON, PNG plots) for a bundle or a CV predictions file")
     from training import report
     report.add_arguments(p)
@@ -345,6 +352,14 @@ def run(args):
         except leaks.LeakError as exc:
             print("retina-train cv: refused, the folds leak: {}".format(exc), file=sys.stderr)
             return 1
+    elif args.verb == "card":
+        from training import modelcard
+        if args.cv:
+            path = modelcard.add_cv(args.bundle, args.cv)
+        else:
+            from models.bundle import load_bundle
+            path = modelcard.write(args.bundle, load_bundle(args.bundle).manifest)
+        print("wrote {}".format(path))
     elif args.verb == "soft-labels":
         from training import fkd
         fkd.main(args)

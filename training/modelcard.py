@@ -1,4 +1,6 @@
-"""A short model card written next to the bundle, from the manifest alone."""
+"""A short model card written next to the bundle, from the manifest (and a cross-validation run's figures
+where `retina-train card --cv` put one beside it, as report/cv.json)."""
+import json
 import os
 
 from models.bundle import describe as describe_preprocess
@@ -52,7 +54,85 @@ def _report_links(reports):
                 "[{}]({})".format(r.split("/")[-2], r) for r in reports) + ".", ""]
 
 
-def render(manifest, reports=()):
+CV_FILE = os.path.join("report", "cv.json")
+_CV_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("glaucoma_recall", "glaucoma recall"),
+            ("ece_calibrated", "ECE at the fold's T"))
+_CV_RULE_ROWS = (("accuracy_rule", "accuracy"), ("glaucoma_recall_rule", "glaucoma recall"),
+                 ("referral_sensitivity", "referral sensitivity"), ("referral_specificity", "referral specificity"))
+
+
+def read_cv(bundle_dir):
+    path = os.path.join(bundle_dir, CV_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pm(entry):
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    return "{:.1f} ± {:.1f}".format(100 * entry["mean"], 100 * entry["sd"])
+
+
+def cv_recipe_differences(cv, manifest):
+    """What differs between the CV run's recipe and the bundle's network and input (empty: the same)."""
+    settings = cv.get("command_settings", {})
+    found = []
+    arch = manifest["model"]["architecture"]
+    if settings.get("student_model") and settings["student_model"] not in (arch, arch.replace("tf_", "")):
+        found.append("student {} (the bundle is {})".format(settings["student_model"], arch))
+    size = manifest["input"]["shape"][-1]
+    if settings.get("image_size") and int(settings["image_size"]) != int(size):
+        found.append("image size {} (the bundle takes {})".format(settings["image_size"], size))
+    return found
+
+
+def _cross_validation(cv, manifest):
+    if not cv:
+        return []
+    settings = cv.get("command_settings", {})
+    k = len(cv.get("folds", []))
+    lines = ["**Cross-validation** ({} patient/source-grouped, class-stratified folds; every fold's teacher and "
+             "students trained without that fold's images; mean ± sd over folds; `retina-train cv`, figures in "
+             "`{}`): teacher `{}`, student `{}`, {} px, epochs {}{}{}.".format(
+                 k, CV_FILE.replace(os.sep, "/"), settings.get("teacher_model"), settings.get("student_model"),
+                 settings.get("image_size"), settings.get("epochs") or "teacher 6 / distil 10 (the defaults)",
+                 "; teacher options `{}`".format(settings["teacher_options"]) if settings.get("teacher_options") else "",
+                 "; student options `{}`".format(settings["student_options"]) if settings.get("student_options") else "")]
+    differ = cv_recipe_differences(cv, manifest)
+    if differ:
+        lines.append("The CV recipe is NOT this bundle's: " + "; ".join(differ) + ".")
+    else:
+        lines.append("The same network and input size as this bundle, trained per fold by the recipe above; the "
+                     "shipped network itself was trained once on the split below, so these figures describe its "
+                     "recipe, not that one network.")
+    models = cv.get("models", {})
+    names = [m for m in ("teacher", "student", "labels_only") if m in models]
+    lines += ["", "| figure | " + " | ".join(n.replace("_", "-") for n in names) + " |",
+              "|---|" + "---|" * len(names)]
+    for key, title in _CV_ROWS:
+        lines.append("| {} (argmax) | ".format(title) + " | ".join(_pm(models[n].get(key)) for n in names) + " |")
+    if any("at_rule" in models[n] for n in names):
+        for key, title in _CV_RULE_ROWS:
+            lines.append("| {} at the decision chosen on the fold's val | ".format(title) + " | ".join(
+                _pm(models[n].get("at_rule", {}).get(key)) for n in names) + " |")
+    lines.append("")
+    gain = cv.get("kd_gain_accuracy")
+    if gain and gain.get("mean") is not None:
+        lines.append("KD gain (distilled student minus the same student on labels alone, same folds and schedule): "
+                     "{:+.1f} ± {:.1f} accuracy points{}.".format(
+                         100 * gain["mean"], 100 * gain["sd"],
+                         "" if gain["mean"] > 0 else ": distillation did not help this recipe"))
+    so = cv.get("source_only_classifier")
+    if so:
+        lines.append("A classifier that sees only the file's source traits (image size, file kind, JPEG size) scores "
+                     "{} on the same folds (majority class {}): accuracy above it is what the network adds.".format(
+                         _pct(so["accuracy"]), _pct(so["majority_class_accuracy"])))
+    return lines + [""]
+
+
+def render(manifest, reports=(), cv=None):
     m, prov = manifest["metrics"], manifest["provenance"]
     data = prov["data"]
     lines = [
@@ -99,7 +179,13 @@ def render(manifest, reports=()):
     lines += _calibration(manifest)
     lines += _explain(manifest.get("explain"))
     lines += _report_links(reports)
-    lines += ["**Known limits.** " + _LIMITS[_modality(manifest)],
+    lines += _cross_validation(cv, manifest)
+    limits = _LIMITS[_modality(manifest)]
+    if cv:
+        limits = limits.replace("Metrics come from one held-out split of the development data.",
+                                "Metrics come from one held-out split of the development data, and the "
+                                "cross-validation above from {} folds of it.".format(len(cv.get("folds", []))))
+    lines += ["**Known limits.** " + limits,
               "", "**Reproduce** (commit `{}`):".format(prov["commit"]), "", "```"]
     lines += prov["commands"] + ["```", ""]
     return "\n".join(lines)
@@ -203,5 +289,31 @@ def _calibration(manifest):
 def write(bundle_dir, manifest):
     path = os.path.join(bundle_dir, "MODEL_CARD.md")
     with open(path, "w") as f:
-        f.write(render(manifest, find_reports(bundle_dir)))
+        f.write(render(manifest, find_reports(bundle_dir), read_cv(bundle_dir)))
     return path
+
+
+def add_cv(bundle_dir, run_dir, log=print):
+    """Put a `retina-train cv` run's figures (its cv.json) beside the bundle and rewrite the card."""
+    from models.bundle import load_bundle
+    bundle = load_bundle(bundle_dir)
+    source = os.path.join(run_dir, "cv.json")
+    if not os.path.isfile(source):
+        raise ValueError("{}: no cv.json; run `retina-train cv --out {}` to its end first".format(run_dir, run_dir))
+    with open(source) as f:
+        cv = json.load(f)
+    if not cv.get("models"):
+        raise ValueError("{}: holds no model figures".format(source))
+    if len(cv["models"].get("student", {}).get("per_fold", {})) != len(cv.get("folds", [])):
+        log("note: {} lacks some folds' student; the card says how many folds it has".format(source))
+    cv["run"] = os.path.abspath(run_dir)
+    for difference in cv_recipe_differences(cv, bundle.manifest):
+        log("note: the CV recipe differs from the bundle: {}".format(difference))
+    target = os.path.join(bundle_dir, CV_FILE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target + ".tmp", "w") as f:
+        json.dump(cv, f, indent=2)
+        f.write("\n")
+    os.replace(target + ".tmp", target)
+    log("wrote {}".format(target))
+    return write(bundle_dir, bundle.manifest)

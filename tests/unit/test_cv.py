@@ -297,6 +297,36 @@ def test_figures_at_the_rule_use_a_decision_chosen_on_each_folds_val_alone(cv_ru
     assert ruled >= 3, "too few fold models had a decision to check"
 
 
+def test_card_puts_the_cv_figures_in_a_bundles_model_card_and_says_when_the_recipe_differs(cv_run):
+    bundle = os.path.join(cv_run["work"], "bundle")
+    shutil.copytree(os.path.join(REPO_ROOT, "models", "default"), bundle,
+                    ignore=shutil.ignore_patterns("model.cam.onnx", "model.fp16.onnx", "model.int8.onnx"))
+    manifest = json.load(open(os.path.join(bundle, "bundle.json")))
+    manifest.pop("explain", None)
+    manifest.pop("variants", None)
+    json.dump(manifest, open(os.path.join(bundle, "bundle.json"), "w"))
+    before = open(os.path.join(bundle, "MODEL_CARD.md")).read()
+    assert "Cross-validation" not in before
+    proc = subprocess.run([sys.executable, "-m", "training", "card", "--bundle", bundle, "--cv", cv_run["out"]],
+                          cwd=REPO_ROOT, env=cv_run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out
+    assert "the CV recipe differs from the bundle: student test_efficientnet" in out
+    card = open(os.path.join(bundle, "MODEL_CARD.md")).read()
+    summary = json.load(open(os.path.join(cv_run["out"], "cv.json")))
+    student = summary["models"]["student"]["accuracy"]
+    assert "**Cross-validation** (3 patient/source-grouped" in card and "NOT this bundle's" in card
+    assert "| accuracy (argmax) | {:.1f} ± {:.1f} |".format(100 * summary["models"]["teacher"]["accuracy"]["mean"],
+                                                           100 * summary["models"]["teacher"]["accuracy"]["sd"]) in card
+    assert "{:.1f} ± {:.1f}".format(100 * student["mean"], 100 * student["sd"]) in card
+    assert "KD gain" in card and "cross-validation above from 3 folds" in card
+    assert json.load(open(os.path.join(bundle, "report", "cv.json")))["models"] == summary["models"]
+    # a run that has not finished is refused, naming it
+    proc = subprocess.run([sys.executable, "-m", "training", "card", "--bundle", bundle, "--cv", cv_run["work"]],
+                          cwd=REPO_ROOT, env=cv_run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.returncode != 0 and "no cv.json" in proc.stdout.decode()
+
+
 def test_cv_refuses_to_train_on_an_exact_duplicate_across_folds(cv_run):
     rows = list(cv_run["rows"])
     copy = os.path.join(cv_run["work"], "copy_of_first.jpg")

@@ -126,5 +126,5 @@ def test_model_card_is_what_the_card_writer_makes_of_the_manifest():
         manifest = json.load(f)
     with open(os.path.join(BUNDLE_DIR, "MODEL_CARD.md")) as f:
         card = f.read()
-    assert card == modelcard.render(manifest, modelcard.find_reports(BUNDLE_DIR))
+    assert card == modelcard.render(manifest, modelcard.find_reports(BUNDLE_DIR), modelcard.read_cv(BUNDLE_DIR))
     assert "**Explanations.** `model.cam.onnx`" in card and "[test](report/test/report.md)" in card
