@@ -239,7 +239,8 @@ class Run(object):
     def state_dict(self, generators=None):
         """Everything to resume; ``generators``: every process's augmentation state (torchrun), else this one's."""
         return {"processes": self.ctx.world,
-                "generators": generators or [self.generator.get_state()],"task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generators": generators or [self.generator.get_state()],
+                "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler else None,
                 "epoch": self.epoch, "step": self.step, "partial": self.partial,
                 "averaging": {"kind": self.averager.kind, "state": self.averager.state_dict()},

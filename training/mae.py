@@ -5,8 +5,9 @@ Why MAE rather than DINO or SimCLR: it is the same masked-reconstruction family 
 and ViT teachers are pretrained comparably from the same images; it needs no momentum teacher, no negative
 pairs and no large batches (contrastive methods lean on batch size, which 2 CPU cores or a clinic's one GPU
 do not have); and the encoder runs on the visible quarter of the tokens only (the decoder, small, on all):
-a step of ``vit_small_patch16_224`` at 224 px cost 0.44x a supervised step, of ``vit_tiny`` 0.77x (batch 8,
-the shared 2-core CPU, measured by the MAE helper's ``benchmarks/pretrain_step.py`` on branch ``mae``).
+a step of ``vit_small_patch16_224`` at 224 px cost 0.37x a supervised step on all tokens, of ``vit_tiny`` 0.59x
+(fastest of 6 steps, batch 8, one thread of the shared 2-core CPU under load 3: ``python benchmarks/pretrain_step.py
+--threads 1``).
 
 The encoder is the timm ViT itself (``patch_embed``, ``pos_embed``, ``cls_token``, ``blocks``, ``norm``), so
 its state dict loads back into ``timm.create_model(name, num_classes=K)`` with only the head new: what

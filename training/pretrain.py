@@ -247,6 +247,21 @@ def _main(args, log, ctx):
     return run.history
 
 
+def decay_groups(model, weight_decay):
+    """AdamW parameter groups as the MAE and ConvNeXt-V2 pretraining code makes them: no weight decay on biases,
+    norms and other 1-D parameters, nor on what the encoder lists in ``no_weight_decay()`` (a ViT's position
+    embeddings and class token) or the decoders' mask tokens; ``weight_decay`` on every other weight."""
+    encoder = getattr(model, "encoder", None)
+    skip = {"encoder." + n for n in (encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else ())}
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim <= 1 or name.endswith(".bias") or name in skip or name.endswith("mask_token")
+        (plain if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
 class Pretraining(object):
     """The pretraining loop; ``last.pt`` after every epoch and at --max-steps holds all it depends on, so
     ``--resume`` ends with the same weights as a run that never stopped."""
@@ -259,8 +274,7 @@ class Pretraining(object):
             # the encoder's own head (ConvNeXt's head.norm) never runs in a masked autoencoder
             self.module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                   else None, find_unused_parameters=True)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                           betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(decay_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
         per_process = len(distributed.shard(np.arange(len(images)), ctx.rank, ctx.world))
         self.batch = min(args.batch_size, per_process)
         self.steps_per_epoch = max(1, per_process // self.batch)
@@ -318,11 +332,13 @@ class Pretraining(object):
             self.epoch, entry["loss"], entry["lr"], part["seconds"], entry["images_per_second"]))
 
     def save(self, name):
+        generators = distributed.gather(self.generator.get_state(), self.ctx)  # every process takes part
         if not self.ctx.main:
             return
         os.makedirs(self.args.out, exist_ok=True)
         path = os.path.join(self.args.out, "last.pt")
         state = {"arch": name, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "processes": self.ctx.world, "generators": generators,
                  "epoch": self.epoch, "step": self.step, "history": self.history, "partial": self.partial,
                  "rng": {"generator": self.generator.get_state(), "order": self.order_generator.get_state(),
                          "torch": torch.get_rng_state()}}
@@ -335,15 +351,23 @@ class Pretraining(object):
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["arch"] != name:
             raise ValueError("{}: pretrained {}, not --model {}".format(path, state["arch"], name))
+        processes = state.get("processes", 1)
+        if processes != self.ctx.world:
+            raise ValueError("{}: written by {} process(es), resumed with {}: resume with the same number".format(
+                path, processes, self.ctx.world))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ValueError("{}: its optimiser state does not fit this version's parameter groups (weight decay "
+                             "now spares biases and norms); start the pretraining again ({})".format(path, exc))
         self.epoch, self.step, self.history, self.partial = (state["epoch"], state["step"], state["history"],
                                                              state["partial"])
-        self.generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.ctx.active:  # process 0's states were saved: order from them, views and masks per process
+        # each process goes on with its own views and masks; the order is drawn alike on all of them
+        self.generator.set_state(state.get("generators", [state["rng"]["generator"]])[self.ctx.rank])
+        if self.order_generator is not self.generator:
             self.order_generator.set_state(state["rng"]["order"])
-            self.generator.manual_seed(self.args.seed + self.ctx.rank + 7919 * self.step)
+        torch.set_rng_state(state["rng"]["torch"])
         log("resumed {} at epoch {} step {}".format(path, self.epoch, self.step))
 
 

@@ -148,3 +148,23 @@ def test_a_torchrun_run_stopped_and_resumed_ends_like_the_unbroken_one(tmp_path,
     assert state["processes"] == 2 and not torch.equal(state["generators"][0], state["generators"][1])
     with pytest.raises(AssertionError, match="written by 2 process"):  # one process cannot take it over
         retina_train(common + ["--out", str(tmp_path / "parts"), "--resume"], str(tmp_path))
+
+
+def test_a_torchrun_pretraining_stopped_and_resumed_ends_like_the_unbroken_one(tmp_path, fundus_dir):
+    """Each process's views and masks go on from its own saved generator (they were reseeded, so a resumed
+    pretraining drew other views than the unbroken one)."""
+    data = str(tmp_path / "eight.csv")
+    split_csv(fundus_dir, data, train_per_class=2)
+    common = ["pretrain", "--data", data, "--model", "convnextv2_atto", "--image-size", "64", "--epochs", "2",
+              "--batch-size", "2", "--decoder-dim", "32", "--augment", "standard",
+              "--cache-dir", str(tmp_path / "cache")]
+    retina_train(common + ["--out", str(tmp_path / "whole")], str(tmp_path), processes=2)
+    retina_train(common + ["--out", str(tmp_path / "parts"), "--max-steps", "3"], str(tmp_path), processes=2)
+    out = retina_train(common + ["--out", str(tmp_path / "parts"), "--resume"], str(tmp_path), processes=2)
+    assert out.count("resumed ") == 1
+    whole, parts = [torch.load(os.path.join(str(tmp_path / d), "encoder.pt"), map_location="cpu",
+                               weights_only=False) for d in ("whole", "parts")]
+    whole, parts = [w.get("state_dict", w) for w in (whole, parts)]
+    assert differing(whole, parts, atol=1e-6) == 0
+    state = torch.load(os.path.join(str(tmp_path / "parts"), "last.pt"), map_location="cpu", weights_only=False)
+    assert state["processes"] == 2 and not torch.equal(state["generators"][0], state["generators"][1])

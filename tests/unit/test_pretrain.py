@@ -140,6 +140,41 @@ def test_mae_encoder_sees_only_the_kept_tokens_and_nothing_of_the_masked_pixels(
     assert loss.item() == pytest.approx(pretrain.masked_loss(pred, target, flat).item())
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_mae_encoder_with_nothing_masked_is_timms_own_forward_features(name):
+    """MAE's encode re-implements the ViT's token path (patch embedding, positions, class token, blocks,
+    norm) to drop tokens: with none dropped it must be the ViT itself, or the pretrained encoder would not be
+    the network `teacher --init` fine-tunes (an idea from the MAE helper's branch)."""
+    from training import mae
+    torch.manual_seed(0)
+    model = mae.MAE(nets._create(name, 0, SIZE), [0.5] * 3, [0.25] * 3, decoder_dim=32, decoder_depth=1).eval()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        latent, keep = model.encode(x, torch.zeros(2, (SIZE // 16) ** 2))
+        assert keep.shape == (2, (SIZE // 16) ** 2)
+        assert torch.allclose(latent, model.encoder.forward_features(x), atol=1e-5)
+
+
+def test_weight_decay_spares_biases_norms_positions_and_mask_tokens_as_the_papers_code_does():
+    from training import mae
+    torch.manual_seed(0)
+    for model in (mae.MAE(nets._create("vit_tiny_patch16_224", 0, SIZE), [0.5] * 3, [0.25] * 3, decoder_dim=32,
+                          decoder_depth=1), tiny_model()):
+        decay, plain = pretrain.decay_groups(model, 0.05)
+        assert (decay["weight_decay"], plain["weight_decay"]) == (0.05, 0.0)
+        names = {id(p): n for n, p in model.named_parameters()}
+        exempt = {names[id(p)] for p in plain["params"]}
+        decayed = {names[id(p)] for p in decay["params"]}
+        assert len(exempt) + len(decayed) == len(names) and not exempt & decayed
+        assert "mask_token" in exempt and all(p.ndim > 1 for p in decay["params"])
+        assert any(n.endswith(".bias") for n in exempt) and any("norm" in n for n in exempt)
+        if isinstance(model, mae.MAE):
+            assert {"encoder.pos_embed", "encoder.cls_token"} <= exempt
+            assert "encoder.patch_embed.proj.weight" in decayed and "encoder.blocks.0.attn.qkv.weight" in decayed
+        else:
+            assert "encoder.stem.0.weight" in decayed
+
+
 @pytest.mark.parametrize("name, why", [("vit_tiny_r_s16_p8_224", "sees beyond each patch"),
                                        ("test_vit", "dynamic image size")])
 def test_mae_refuses_a_vit_whose_tokens_would_leak_or_not_fit(name, why):
