@@ -168,3 +168,29 @@ def test_a_torchrun_pretraining_stopped_and_resumed_ends_like_the_unbroken_one(t
     assert differing(whole, parts, atol=1e-6) == 0
     state = torch.load(os.path.join(str(tmp_path / "parts"), "last.pt"), map_location="cpu", weights_only=False)
     assert state["processes"] == 2 and not torch.equal(state["generators"][0], state["generators"][1])
+
+
+def test_a_bad_image_fails_every_process_at_once_naming_the_file(tmp_path, fundus_dir):
+    """Process 0 prepares the images while the others wait at a barrier: its error must end the whole run
+    (torchrun stops the waiting processes), not leave them waiting."""
+    data = str(tmp_path / "bad.csv")
+    split_csv(fundus_dir, data, train_per_class=2)
+    broken = tmp_path / "broken_eye.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    with open(data, "a") as f:
+        f.write("{},normal,broken,train\n".format(broken))
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", free_port(), "-m", "training", "teacher", "--data", data, "--model", "test_resnet",
+           "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
+           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "t")]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out = proc.communicate(timeout=180)[0].decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a torchrun run with a bad image hung instead of failing")
+    assert proc.returncode != 0 and "broken_eye.jpg" in out, out[-3000:]
+    assert not os.path.exists(os.path.join(str(tmp_path / "t"), "checkpoint.pt"))
