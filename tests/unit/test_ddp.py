@@ -194,3 +194,19 @@ def test_a_bad_image_fails_every_process_at_once_naming_the_file(tmp_path, fundu
         pytest.fail("a torchrun run with a bad image hung instead of failing")
     assert proc.returncode != 0 and "broken_eye.jpg" in out, out[-3000:]
     assert not os.path.exists(os.path.join(str(tmp_path / "t"), "checkpoint.pt"))
+
+
+def test_cross_architecture_kd_terms_train_under_torchrun(tmp_path, fundus_dir):
+    """A ViT teacher and the GL projector + adversarial discriminator (gradient reversal) as DDP parameters:
+    every process must use them all each step, or DDP stops with an unfinished-reduction error."""
+    data = str(tmp_path / "small.csv")
+    split_csv(fundus_dir, data, train_per_class=2, test_per_class=1)
+    base = ["--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
+            "--cache-dir", str(tmp_path / "cache")]
+    retina_train(["teacher", "--model", "test_vit", "--out", str(tmp_path / "t")] + base, str(tmp_path))
+    out = retina_train(["distil", "--teacher", str(tmp_path / "t"), "--model", "mobilenetv2_050", "--kd-config",
+                        "logits+gl+adversarial", "--out", str(tmp_path / "s")] + base + ["--epochs", "2"],
+                       str(tmp_path), processes=2)
+    assert os.path.isfile(os.path.join(str(tmp_path / "s"), "checkpoint.pt"))
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(" gl=" in e and " adversarial=" in e for e in epoch_lines), epoch_lines
