@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from training import averaging, distributed, progress
-from training.engine import augment, device_of
+from training.engine import augment, device_of, resident
 
 BEST_METRIC = "val_balanced_accuracy"
 AMP_MODES = ("off", "auto", "bf16", "fp16")
@@ -90,7 +90,8 @@ def trained_module(task):
 
 class Run(object):
     def __init__(self, task, images, targets, epochs, batch_size, lr, weight_decay, seed, max_steps, options):
-        self.task, self.net, self.images, self.epochs = task, trained_module(task), images, epochs
+        self.task, self.net, self.epochs = task, trained_module(task), epochs
+        self.images = resident(images, device_of(task))  # on a GPU: copied there once
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         self.batch_size, self.accumulate = batch_size, max(1, int(options["accumulate"]))
         self.opts, self.device, self.lr = options, device_of(task), lr

@@ -142,6 +142,24 @@ def test_augment_on_the_gpu_draws_the_same_views_as_on_the_cpu():
         assert (gpu.cpu() - cpu).abs().max() < 1e-4, preset
 
 
+def test_a_uint8_tensor_batch_gives_the_views_of_its_numpy_array():
+    """What a GPU run passes once the prepared images live on the GPU (engine.resident)."""
+    images, _ = images_and_targets(4, 16)
+    a = engine.augment(images, torch.Generator().manual_seed(2), preset="standard")
+    b = engine.augment(torch.from_numpy(images), torch.Generator().manual_seed(2), preset="standard")
+    assert torch.equal(a, b)
+    assert engine.resident(images, torch.device("cpu")) is images  # the CPU indexes the array itself
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine); CI has none")
+def test_prepared_images_live_on_the_gpu_and_a_run_trains_from_them():
+    images, targets = images_and_targets(16, 8)
+    on_gpu = engine.resident(images, torch.device("cuda"))
+    assert torch.is_tensor(on_gpu) and on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), torch.from_numpy(images))
+    engine.fit(linear_task().cuda(), images, targets, 1, batch_size=4, **QUIET)
+
+
 def test_augment_to_the_cpu_device_is_the_default_path():
     images, _ = images_and_targets(4, 16)
     a = engine.augment(images, torch.Generator().manual_seed(1), preset="strong")
