@@ -13,6 +13,7 @@ The run folder:
     leakage.txt             the leakage report of the folds
     fold<k>/split.csv       that fold's train/val/test split (the recipe's input)
     fold<k>/<model>/        the recipe's run folder, plus predictions.csv (its test groups)
+    fold<k>/pretrain/       with --pretrain: the teacher's self-supervised start (fold's train images only)
     predictions.csv         path,label,group,fold,model,p_<class>...  (every fold and model)
     cv.json                 per fold and mean +- sd: accuracy, balanced accuracy, glaucoma recall, ECE,
                             per source kind; the KD gain; the source-only classifier
@@ -149,20 +150,24 @@ def check_options(args):
     """Parse --teacher-options / --student-options now, with their verbs' parsers, before any training."""
     from training.cli import build_parser
     for text, verb, what in ((args.teacher_options, "teacher", "--teacher-options"),
-                             (args.student_options, "distil", "--student-options")):
+                             (args.student_options, "distil", "--student-options"),
+                             (args.pretrain_options, "pretrain", "--pretrain-options")):
         tokens = shlex.split(text or "")
         clash = sorted({t.split("=", 1)[0] for t in tokens} & set(CONTROLLED))
         if clash:
             raise ValueError("{} may not set {}: cv sets them for every fold".format(what, ", ".join(clash)))
         try:
-            build_parser().parse_args([verb, "--data", "-", "--out", "-", "--teacher", "-"][:7 if verb == "distil"
-                                                                                          else 5] + tokens)
+            fixed = {"distil": ["--teacher", "-"], "pretrain": ["--model", args.teacher_model]}.get(verb, [])
+            build_parser().parse_args([verb, "--data", "-", "--out", "-"] + fixed + tokens)
+            if verb == "pretrain" and args.pretrain:
+                from training import pretrain
+                pretrain.check_model(args.teacher_model)
         except SystemExit:
             raise ValueError("{} {!r}: not options of retina-train {} (its error is above)".format(
                 what, text, verb))
 
 
-def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedule_of=None, options=()):
+def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedule_of=None, options=(), init=None):
     """The recipe's arguments for one training run, parsed by retina-train's own parser (its defaults).
 
     ``schedule_of``: take the epochs and learning rate of that verb's defaults (the labels-only student
@@ -182,19 +187,41 @@ def recipe_args(args, verb, model, split_csv, run_dir, teacher_dir=None, schedul
         argv += ["--max-steps", str(args.max_steps)]
     if teacher_dir:
         argv += ["--teacher", teacher_dir]
+    if init:
+        argv += ["--init", init]
+    return build_parser().parse_args(argv + list(options))
+
+
+def pretrain_args(args, split_csv, run_dir, options=()):
+    """`retina-train pretrain` on the fold's split: it reads the train side only (no val or test image)."""
+    from training.cli import build_parser
+    argv = ["pretrain", "--data", split_csv, "--model", args.teacher_model, "--out", run_dir,
+            "--image-size", str(args.image_size), "--seed", str(args.seed), "--cache-dir", args.cache_dir]
+    if args.max_steps is not None:
+        argv += ["--max-steps", str(args.max_steps)]
     return build_parser().parse_args(argv + list(options))
 
 
 def plan(args):
     """(model name, recipe verb, timm model, teacher run name or None) in training order."""
-    steps = [("teacher", "teacher", args.teacher_model, None),
-             ("student", "distil", args.student_model, "teacher")]
-    if args.labels_only:  # the teacher verb is the recipe's cross-entropy training of any network
-        steps.append(("labels_only", "teacher", args.student_model, None))
+    steps = [("teacher", "teacher", args.teacher_model, None)]
+    if args.pretrain:  # self-supervised, on the fold's training images only; the teacher starts from it
+        steps.insert(0, ("pretrain", "pretrain", args.teacher_model, None))
+    if not args.teacher_only:
+        steps.append(("student", "distil", args.student_model, "teacher"))
+        if args.labels_only:  # the teacher verb is the recipe's cross-entropy training of any network
+            steps.append(("labels_only", "teacher", args.student_model, None))
     return steps
 
 
+def model_names(args):
+    """The fold models that predict (pretraining makes an encoder, not a classifier)."""
+    return [name for name, verb, _, _ in plan(args) if verb != "pretrain"]
+
+
 def step_options(args, name, log=print):
+    if name == "pretrain":
+        return shlex.split(args.pretrain_options or "")
     if name == "teacher":
         return shlex.split(args.teacher_options or "")
     if name == "student":
@@ -210,6 +237,9 @@ def train_fold(args, folded, fold, log=print):
     datalib.write_manifest(samples, split_csv)
     for name, verb, model, teacher in plan(args):
         run_dir = os.path.join(fold_dir, name)
+        if verb == "pretrain":
+            pretrain_fold(args, fold, split_csv, run_dir, log)
+            continue
         done = os.path.join(run_dir, "predictions.csv")
         if os.path.isfile(done):
             log("fold {} {}: done ({} exists), skipped".format(fold, name, done))
@@ -223,9 +253,23 @@ def train_fold(args, folded, fold, log=print):
             if os.path.isfile(os.path.join(run_dir, "last.pt")):  # an interrupted run: go on from its last epoch
                 log("fold {} {}: resuming from {}".format(fold, name, os.path.join(run_dir, "last.pt")))
                 options = options + ["--resume"]
-            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of, options),
-                         teacher_dir, log=log)
+            init = os.path.join(fold_dir, "pretrain") if args.pretrain and name == "teacher" else None
+            recipe.train(recipe_args(args, verb, model, split_csv, run_dir, teacher_dir, schedule_of, options,
+                                     init), teacher_dir, log=log)
         cvresults.write_fold_predictions(run_dir, samples, fold, name, args.cache_dir, done, log=log)
+
+
+def pretrain_fold(args, fold, split_csv, run_dir, log=print):
+    from training import pretrain
+    if os.path.isfile(os.path.join(run_dir, "encoder.pt")):
+        log("fold {} pretrain: done ({} exists), skipped".format(fold, os.path.join(run_dir, "encoder.pt")))
+        return
+    options = step_options(args, "pretrain", log)
+    if os.path.isfile(os.path.join(run_dir, "last.pt")):
+        log("fold {} pretrain: resuming from {}".format(fold, os.path.join(run_dir, "last.pt")))
+        options = options + ["--resume"]
+    log("fold {} pretrain: {} on the train side of {}".format(fold, args.teacher_model, split_csv))
+    pretrain.main(pretrain_args(args, split_csv, run_dir, options), log=log)
 
 
 def folds_digest(out):
@@ -245,7 +289,7 @@ def checked_before(out):
 # cv's own options a fold process is given (the run folder's folds.csv supplies the folds themselves)
 FOLD_PROCESS_OPTIONS = ("data", "out", "folds", "val", "teacher_model", "student_model", "labels_only", "weights",
                         "image_size", "epochs", "batch_size", "max_steps", "seed", "cache_dir", "teacher_options",
-                        "student_options")
+                        "student_options", "pretrain", "pretrain_options", "teacher_only")
 
 
 def fold_command(args, fold):
@@ -310,7 +354,7 @@ def main(args, log=print):
         run_parallel(args, folds, log)
     for fold in folds:
         train_fold(args, folded, fold, log)
-    names = [name for name, _, _, _ in plan(args)]
+    names = model_names(args)
     rows = cvresults.gather(args.out, folds, names)
     summary = cvresults.summarize(rows, source_only, cvresults.gather_val(args.out, folds, names))
     summary["command_settings"] = {k: v for k, v in vars(args).items() if not k.startswith("_")}
@@ -350,6 +394,14 @@ def add_arguments(p):
     p.add_argument("--student-options", default="", metavar="OPTIONS",
                    help="distil's own options for every fold's student; the labels-only student takes those "
                         "plain training has (default none)")
+    p.add_argument("--pretrain", action="store_true",
+                   help="before each fold's teacher, self-supervised pretraining of --teacher-model on that fold's "
+                        "train images only (FCMAE for ConvNeXtV2, MAE for a ViT); the teacher starts from it "
+                        "(--init)")
+    p.add_argument("--pretrain-options", default="", metavar="OPTIONS",
+                   help="pretrain's own options for every fold: --pretrain-options='--epochs 100' (default none)")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="train (pretrain and) teachers only, no students: a teacher comparison on the folds")
     p.add_argument("--jobs", type=int, default=1,
                    help="folds trained at once, each in its own process (default %(default)s); for a GPU, "
                         "where one small network leaves it idle")

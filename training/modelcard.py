@@ -100,6 +100,11 @@ def _cross_validation(cv, manifest):
                  settings.get("image_size"), settings.get("epochs") or "teacher 6 / distil 10 (the defaults)",
                  "; teacher options `{}`".format(settings["teacher_options"]) if settings.get("teacher_options") else "",
                  "; student options `{}`".format(settings["student_options"]) if settings.get("student_options") else "")]
+    if settings.get("pretrain"):
+        lines[-1] = lines[-1][:-1] + "; each fold's teacher started from self-supervised pretraining on that fold's " \
+                                     "train images only{}.".format(
+                                         " (`{}`)".format(settings["pretrain_options"])
+                                         if settings.get("pretrain_options") else "")
     differ = cv_recipe_differences(cv, manifest)
     if differ:
         lines.append("The CV recipe is NOT this bundle's: " + "; ".join(differ) + ".")

@@ -378,3 +378,30 @@ def test_recipe_options_that_cv_controls_or_the_verb_lacks_are_refused_before_tr
     out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--student-options=--alfa 0.5"])
     assert "--student-options '--alfa 0.5': not options of retina-train distil" in out
     assert not os.path.exists(os.path.join(out_dir, "fold0", "teacher"))
+
+
+def test_a_teacher_comparison_with_per_fold_pretraining_on_the_folds_train_images(cv_run):
+    """--pretrain --teacher-only: each fold pretrains the teacher (FCMAE for ConvNeXtV2) on its own train images,
+    the teacher starts from that encoder, and no student is trained."""
+    out_dir = os.path.join(cv_run["work"], "pretrained")
+    cmd = [sys.executable, "-m", "training", "cv", "--data", cv_run["data"], "--out", out_dir, "--folds", "3",
+           "--teacher-model", "convnextv2_atto", "--weights", "none", "--image-size", "64", "--batch-size", "4",
+           "--epochs", "1", "--max-steps", "2", "--pretrain", "--teacher-only", "--cache-dir",
+           os.path.join(out_dir, "cache"), "--pretrain-options=--epochs 1 --decoder-dim 32 --batch-size 4"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=cv_run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.decode("utf-8", "replace")
+    assert proc.returncode == 0, out[-4000:]
+    for k in range(3):
+        fold = os.path.join(out_dir, "fold{}".format(k))
+        assert sorted(os.listdir(fold)) == ["pretrain", "split.csv", "teacher"]
+        pre = json.load(open(os.path.join(fold, "pretrain", "config.json")))
+        split = list(csv.DictReader(open(os.path.join(fold, "split.csv"))))
+        train = sum(r["split"] == "train" for r in split)
+        assert pre["split_images"] == {"train": train, "left_out": len(split) - train}  # no val or test image
+        teacher = json.load(open(os.path.join(fold, "teacher", "config.json")))
+        assert teacher["init"] == os.path.join(fold, "pretrain")
+        assert teacher["weights_used"] == "file:" + os.path.join(fold, "pretrain", "encoder.pt")
+    summary = json.load(open(os.path.join(out_dir, "cv.json")))
+    assert list(summary["models"]) == ["teacher"]
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=cv_run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert again.returncode == 0 and again.stdout.decode().count("pretrain: done") == 3
