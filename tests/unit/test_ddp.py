@@ -109,14 +109,20 @@ def test_halving_the_batch_without_a_second_process_is_a_different_step(tmp_path
     assert differing(weights(str(tmp_path / "four")), weights(str(tmp_path / "two"))) > 1e-2
 
 
-def test_a_distilled_student_under_torchrun_with_accumulation(tmp_path, fundus_dir):
+def teacher_then_distil_under_torchrun(tmp_path, fundus_dir, teacher, train_per_class, distil_options):
+    """A one-process teacher on a few real images, then a two-process distil from it; returns its output."""
     data = str(tmp_path / "small.csv")
-    split_csv(fundus_dir, data, train_per_class=3, test_per_class=1)
+    split_csv(fundus_dir, data, train_per_class=train_per_class, test_per_class=1)
     base = ["--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
             "--cache-dir", str(tmp_path / "cache")]
-    retina_train(["teacher", "--model", "resnet18", "--out", str(tmp_path / "t")] + base, str(tmp_path))
-    out = retina_train(["distil", "--teacher", str(tmp_path / "t"), "--model", "mobilenetv2_050", "--accumulate",
-                        "2", "--average", "ema", "--out", str(tmp_path / "s")] + base, str(tmp_path), processes=2)
+    retina_train(["teacher", "--model", teacher, "--out", str(tmp_path / "t")] + base, str(tmp_path))
+    return retina_train(["distil", "--teacher", str(tmp_path / "t"), "--model", "mobilenetv2_050", "--out",
+                         str(tmp_path / "s")] + base + list(distil_options), str(tmp_path), processes=2)
+
+
+def test_a_distilled_student_under_torchrun_with_accumulation(tmp_path, fundus_dir):
+    out = teacher_then_distil_under_torchrun(tmp_path, fundus_dir, "resnet18", 3,
+                                             ["--accumulate", "2", "--average", "ema"])
     assert os.path.isfile(os.path.join(str(tmp_path / "s"), "checkpoint.pt"))
     assert os.path.isfile(os.path.join(str(tmp_path / "s"), "last.pt"))
     assert out.count("test split (") == 1
@@ -199,14 +205,8 @@ def test_a_bad_image_fails_every_process_at_once_naming_the_file(tmp_path, fundu
 def test_cross_architecture_kd_terms_train_under_torchrun(tmp_path, fundus_dir):
     """A ViT teacher and the GL projector + adversarial discriminator (gradient reversal) as DDP parameters:
     every process must use them all each step, or DDP stops with an unfinished-reduction error."""
-    data = str(tmp_path / "small.csv")
-    split_csv(fundus_dir, data, train_per_class=2, test_per_class=1)
-    base = ["--data", data, "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
-            "--cache-dir", str(tmp_path / "cache")]
-    retina_train(["teacher", "--model", "test_vit", "--out", str(tmp_path / "t")] + base, str(tmp_path))
-    out = retina_train(["distil", "--teacher", str(tmp_path / "t"), "--model", "mobilenetv2_050", "--kd-config",
-                        "logits+gl+adversarial", "--out", str(tmp_path / "s")] + base + ["--epochs", "2"],
-                       str(tmp_path), processes=2)
+    out = teacher_then_distil_under_torchrun(tmp_path, fundus_dir, "test_vit", 2,
+                                             ["--kd-config", "logits+gl+adversarial", "--epochs", "2"])
     assert os.path.isfile(os.path.join(str(tmp_path / "s"), "checkpoint.pt"))
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and all(" gl=" in e and " adversarial=" in e for e in epoch_lines), epoch_lines
