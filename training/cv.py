@@ -149,6 +149,8 @@ CONTROLLED = ("--data", "--out", "--model", "--teacher", "--cache-dir", "--seed"
 def check_options(args):
     """Parse --teacher-options / --student-options now, with their verbs' parsers, before any training."""
     from training.cli import build_parser
+    if args.pretrain_options and not args.pretrain:
+        raise ValueError("--pretrain-options without --pretrain: add --pretrain to pretrain each fold's teacher")
     for text, verb, what in ((args.teacher_options, "teacher", "--teacher-options"),
                              (args.student_options, "distil", "--student-options"),
                              (args.pretrain_options, "pretrain", "--pretrain-options")):

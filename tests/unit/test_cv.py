@@ -377,6 +377,10 @@ def test_recipe_options_that_cv_controls_or_the_verb_lacks_are_refused_before_tr
     assert "--teacher-options may not set --out" in out
     out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--student-options=--alfa 0.5"])
     assert "--student-options '--alfa 0.5': not options of retina-train distil" in out
+    out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--pretrain-options=--epochs 5"])
+    assert "--pretrain-options without --pretrain" in out
+    out = run_cv(cv_run["data"], out_dir, cv_run["env"], expect=1, extra=["--pretrain"])
+    assert "pretraining is FCMAE for ConvNeXtV2" in out  # the test teacher is a ResNet: nothing to pretrain
     assert not os.path.exists(os.path.join(out_dir, "fold0", "teacher"))
 
 
