@@ -5,6 +5,9 @@ columns ``path,label,group,fold,model,temperature,p_<class>...`` (softmax probab
 classes in the checkpoint's label order; paths relative to the CSV's folder). ``temperature`` is the one
 fitted on that fold's val split for that model (its test images never seen), so the calibrated figures
 of a CV run are what a bundle calibrated the same way would show; files written before it have none (1).
+Beside each one, val_predictions.csv holds the same columns for that fold's val images: what
+``rule_figures`` chooses the fold's decision on (calibrate's own search), so cv.json also gives the figures
+at the decision rule, the ones the shipped bundle prints.
 """
 import csv
 import os
