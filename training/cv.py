@@ -390,17 +390,17 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training (default %(default)s)")
     p.add_argument("--cache-dir", default=".cache/prepared",
                    help="where prepared images are cached, '' for none (default %(default)s)")
-    p.add_argument("--teacher-options", default="", metavar="OPTIONS",
+    p.add_argument("--teacher-options", default=None, metavar="OPTIONS",
                    help="the teacher verb's own options for every fold, one string; write it with '=' when it "
                         "starts with '--': --teacher-options='--epochs 30 --augment strong' (default none)")
-    p.add_argument("--student-options", default="", metavar="OPTIONS",
+    p.add_argument("--student-options", default=None, metavar="OPTIONS",
                    help="distil's own options for every fold's student; the labels-only student takes those "
                         "plain training has (default none)")
     p.add_argument("--pretrain", action="store_true",
                    help="before each fold's teacher, self-supervised pretraining of --teacher-model on that fold's "
                         "train images only (FCMAE for ConvNeXtV2, MAE for a ViT); the teacher starts from it "
                         "(--init)")
-    p.add_argument("--pretrain-options", default="", metavar="OPTIONS",
+    p.add_argument("--pretrain-options", default=None, metavar="OPTIONS",
                    help="pretrain's own options for every fold: --pretrain-options='--epochs 100' (default none)")
     p.add_argument("--teacher-only", action="store_true",
                    help="train (pretrain and) teachers only, no students: a teacher comparison on the folds")
